@@ -1,0 +1,143 @@
+//! The admin connection (tokio-postgres): creating the publication and slot, and the
+//! catalog queries behind `check`.
+//!
+//! Everything here runs over an ordinary SQL connection. Catalog lookups take names as
+//! bind parameters; DDL, which cannot, gets names that the config validated and
+//! [`crate::ident`] quoted.
+
+use tokio_postgres::{Client, NoTls};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::ident::{quote_identifier, TableName};
+
+/// Failures of admin SQL.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("cannot connect to PostgreSQL for setup: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("{action} failed: {source}")]
+    Sql {
+        action: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Missing(String),
+}
+
+impl AdminError {
+    /// Connection problems pass; a missing object or a refused statement needs an operator.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            AdminError::Connect(e) => e.as_db_error().is_none(),
+            AdminError::Sql { source, .. } => source.as_db_error().is_none(),
+            AdminError::Missing(_) => false,
+        }
+    }
+
+    fn sql(action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
+        let action = action.into();
+        move |source| AdminError::Sql { action, source }
+    }
+}
+
+/// Opens an admin connection; its driver runs on a spawned task.
+pub async fn connect(config: &Config) -> Result<Client, AdminError> {
+    let (client, connection) = config
+        .postgres_config()
+        .connect(NoTls)
+        .await
+        .map_err(AdminError::Connect)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            warn!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the publication (when allowed and missing), then the slot (likewise).
+///
+/// The publication must exist before the slot: pgoutput reads publications through the
+/// slot's historic snapshot, so a slot older than its publication fails to decode.
+pub async fn prepare(client: &Client, config: &Config) -> Result<(), AdminError> {
+    let source = &config.source;
+    if !publication_exists(client, source.publication.as_str()).await? {
+        if !source.create_publication {
+            return Err(AdminError::Missing(format!(
+                "publication {} does not exist and source.create_publication is false; run: {}",
+                source.publication,
+                create_publication_sql(source.publication.as_str(), &source.tables)
+            )));
+        }
+        let sql = create_publication_sql(source.publication.as_str(), &source.tables);
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(AdminError::sql("creating the publication"))?;
+        info!(publication = %source.publication, "created publication");
+    }
+    if !slot_exists(client, source.slot.as_str()).await? {
+        if !source.create_slot {
+            return Err(AdminError::Missing(format!(
+                "replication slot {} does not exist and source.create_slot is false; run: SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+                source.slot, source.slot
+            )));
+        }
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&source.slot.as_str()],
+            )
+            .await
+            .map_err(AdminError::sql("creating the replication slot"))?;
+        info!(slot = %source.slot, "created replication slot");
+    }
+    Ok(())
+}
+
+/// `CREATE PUBLICATION "p" FOR TABLE "s"."t", ...`
+pub fn create_publication_sql(publication: &str, tables: &[TableName]) -> String {
+    format!(
+        "CREATE PUBLICATION {} FOR TABLE {}",
+        quote_identifier(publication),
+        quoted_tables(tables)
+    )
+}
+
+/// `ALTER PUBLICATION "p" SET TABLE ...`: makes an existing publication match the config.
+pub fn alter_publication_sql(publication: &str, tables: &[TableName]) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET TABLE {}",
+        quote_identifier(publication),
+        quoted_tables(tables)
+    )
+}
+
+fn quoted_tables(tables: &[TableName]) -> String {
+    tables
+        .iter()
+        .map(TableName::quoted)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn publication_exists(client: &Client, name: &str) -> Result<bool, AdminError> {
+    let row = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await
+        .map_err(AdminError::sql("looking up the publication"))?;
+    Ok(row.is_some())
+}
+
+pub async fn slot_exists(client: &Client, name: &str) -> Result<bool, AdminError> {
+    let row = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(AdminError::sql("looking up the replication slot"))?;
+    Ok(row.is_some())
+}

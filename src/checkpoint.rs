@@ -1,0 +1,221 @@
+//! What may be acknowledged: the flush LSN the relay reports to PostgreSQL.
+//!
+//! # The acknowledgement rule
+//!
+//! The slot's confirmed LSN never passes an event that is not durably acknowledged
+//! downstream. Concretely, the flush LSN is the commit end LSN of the newest transaction
+//! such that it *and every earlier transaction* is committed (its Commit message was
+//! read) and has every one of its events acknowledged. Delivery is therefore
+//! at-least-once: after a crash, PostgreSQL resends every transaction whose commit end is
+//! past the confirmed LSN, so only events that were not yet acknowledged (or that belong
+//! to a transaction not yet fully acknowledged) can repeat, and they repeat unchanged.
+//!
+//! # Progress tracking
+//!
+//! Transactions get consecutive sequence numbers ([`TxnSeq`]) in commit order, which is
+//! the order pgoutput sends them. Events are counted per transaction; an event's
+//! acknowledgement names its transaction. A large transaction is published while it is
+//! still arriving: its events are counted as they come and its commit LSN is only known,
+//! and only acknowledgeable, once its Commit arrives.
+//!
+//! When nothing is in flight, the WAL end reported by a keepalive may be acknowledged:
+//! every transaction that committed before that position has been received and handled
+//! (the stream is in order), and a transaction still open on the server commits after it,
+//! so it will still be sent. Without this, a slot on an idle outbox would pin WAL
+//! written by other tables and databases forever.
+//!
+//! Progress is monotonic: the flush LSN only moves forward.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use crate::replication::Lsn;
+
+/// A transaction's place in commit order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TxnSeq(pub u64);
+
+#[derive(Debug, Clone, Copy)]
+struct TxnProgress {
+    /// Events handed downstream and not yet acknowledged.
+    outstanding: u64,
+    /// Known once the Commit message is read.
+    commit_end: Option<Lsn>,
+}
+
+/// A bookkeeping mistake by the caller: acknowledging what was never sent, or twice.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("acknowledgement for unknown transaction {0:?}")]
+    UnknownTransaction(TxnSeq),
+    #[error("transaction {seq:?} acknowledged {acked} events but only {outstanding} are outstanding")]
+    TooManyAcks {
+        seq: TxnSeq,
+        acked: u64,
+        outstanding: u64,
+    },
+    #[error("transaction {0:?} committed twice or out of order")]
+    BadCommit(TxnSeq),
+}
+
+/// The pure state machine behind the flush LSN (no locking, no I/O).
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    /// Transactions not yet folded into `flushed`, oldest first.
+    pending: VecDeque<TxnProgress>,
+    /// Sequence number of `pending[0]`.
+    first_seq: u64,
+    flushed: Lsn,
+    in_flight_events: u64,
+}
+
+impl Checkpoint {
+    /// Starts at `flushed`, the slot's confirmed position.
+    pub fn new(flushed: Lsn) -> Self {
+        Checkpoint {
+            pending: VecDeque::new(),
+            first_seq: 0,
+            flushed,
+            in_flight_events: 0,
+        }
+    }
+
+    /// The position that may be reported as flushed.
+    pub fn flushed(&self) -> Lsn {
+        self.flushed
+    }
+
+    /// Events handed downstream and not yet acknowledged.
+    pub fn in_flight_events(&self) -> u64 {
+        self.in_flight_events
+    }
+
+    /// Transactions begun and not yet folded into the flush LSN.
+    pub fn pending_transactions(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A Begin message: opens the next transaction.
+    pub fn begin(&mut self) -> TxnSeq {
+        self.pending.push_back(TxnProgress {
+            outstanding: 0,
+            commit_end: None,
+        });
+        TxnSeq(self.first_seq + self.pending.len() as u64 - 1)
+    }
+
+    /// `count` more events of `seq` go downstream. Call before handing them over.
+    pub fn add_events(&mut self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
+        self.slot(seq)?.outstanding += count;
+        self.in_flight_events += count;
+        Ok(())
+    }
+
+    /// A Commit message: `seq` is complete and ends at `end_lsn`.
+    pub fn commit(&mut self, seq: TxnSeq, end_lsn: Lsn) -> Result<bool, CheckpointError> {
+        let txn = self.slot(seq)?;
+        if txn.commit_end.is_some() {
+            return Err(CheckpointError::BadCommit(seq));
+        }
+        txn.commit_end = Some(end_lsn);
+        Ok(self.advance())
+    }
+
+    /// Downstream durably handled `count` events of `seq`. Returns whether the flush LSN moved.
+    pub fn ack(&mut self, seq: TxnSeq, count: u64) -> Result<bool, CheckpointError> {
+        let txn = self.slot(seq)?;
+        if count > txn.outstanding {
+            return Err(CheckpointError::TooManyAcks {
+                seq,
+                acked: count,
+                outstanding: txn.outstanding,
+            });
+        }
+        txn.outstanding -= count;
+        self.in_flight_events -= count;
+        Ok(self.advance())
+    }
+
+    /// A keepalive reported `wal_end`. With nothing pending, everything before it is handled.
+    pub fn idle_position(&mut self, wal_end: Lsn) -> bool {
+        if self.pending.is_empty() && wal_end > self.flushed {
+            self.flushed = wal_end;
+            return true;
+        }
+        false
+    }
+
+    fn slot(&mut self, seq: TxnSeq) -> Result<&mut TxnProgress, CheckpointError> {
+        let index = seq
+            .0
+            .checked_sub(self.first_seq)
+            .ok_or(CheckpointError::UnknownTransaction(seq))?;
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.pending.get_mut(i))
+            .ok_or(CheckpointError::UnknownTransaction(seq))
+    }
+
+    /// Folds every finished transaction at the front into the flush LSN.
+    fn advance(&mut self) -> bool {
+        let before = self.flushed;
+        while let Some(front) = self.pending.front() {
+            match front.commit_end {
+                Some(end) if front.outstanding == 0 => {
+                    // Commit ends arrive in commit order, so this never moves backwards;
+                    // max() keeps progress monotonic even if a caller breaks that.
+                    debug_assert!(end >= self.flushed || self.flushed == before);
+                    self.flushed = self.flushed.max(end);
+                    self.pending.pop_front();
+                    self.first_seq += 1;
+                }
+                _ => break,
+            }
+        }
+        self.flushed > before
+    }
+}
+
+/// The checkpoint shared between the source (which registers work) and the sinks (which
+/// acknowledge it), plus a wake-up for the source when the flush LSN moves.
+#[derive(Debug, Clone)]
+pub struct SharedCheckpoint {
+    inner: Arc<(Mutex<Checkpoint>, Notify)>,
+}
+
+impl SharedCheckpoint {
+    pub fn new(flushed: Lsn) -> Self {
+        SharedCheckpoint {
+            inner: Arc::new((Mutex::new(Checkpoint::new(flushed)), Notify::new())),
+        }
+    }
+
+    /// Locks the state. Never hold the guard across an `.await`.
+    pub fn lock(&self) -> MutexGuard<'_, Checkpoint> {
+        // A panic while holding the lock leaves the counts as they were: still safe.
+        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Acknowledges `count` events of `seq`; wakes the source when the flush LSN moved.
+    pub fn ack(&self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
+        let moved = self.lock().ack(seq, count)?;
+        if moved {
+            self.inner.1.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Resolves after an acknowledgement moved the flush LSN (or already has, unobserved).
+    pub async fn advanced(&self) {
+        self.inner.1.notified().await;
+    }
+
+    pub fn flushed(&self) -> Lsn {
+        self.lock().flushed()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+use proptest::prelude::*;
+
+use super::*;
+
+#[test]
+fn flush_waits_for_every_event_and_for_commit() {
+    let mut cp = Checkpoint::new(Lsn(100));
+    let t1 = cp.begin();
+    cp.add_events(t1, 2).unwrap();
+    assert!(!cp.ack(t1, 1).unwrap());
+    assert!(!cp.ack(t1, 1).unwrap(), "no commit yet");
+    assert!(cp.commit(t1, Lsn(200)).unwrap());
+    assert_eq!(cp.flushed(), Lsn(200));
+    assert_eq!(cp.pending_transactions(), 0);
+}
+
+#[test]
+fn a_later_transaction_cannot_overtake_an_earlier_one() {
+    let mut cp = Checkpoint::new(Lsn(0));
+    let t1 = cp.begin();
+    cp.add_events(t1, 1).unwrap();
+    cp.commit(t1, Lsn(10)).unwrap();
+    let t2 = cp.begin();
+    cp.add_events(t2, 1).unwrap();
+    cp.commit(t2, Lsn(20)).unwrap();
+    assert!(!cp.ack(t2, 1).unwrap());
+    assert_eq!(cp.flushed(), Lsn(0));
+    assert!(cp.ack(t1, 1).unwrap());
+    assert_eq!(cp.flushed(), Lsn(20));
+    assert_eq!(cp.in_flight_events(), 0);
+}
+
+#[test]
+fn keepalive_counts_only_when_idle() {
+    let mut cp = Checkpoint::new(Lsn(5));
+    assert!(cp.idle_position(Lsn(50)));
+    assert_eq!(cp.flushed(), Lsn(50));
+    assert!(!cp.idle_position(Lsn(40)), "never backwards");
+    let t = cp.begin();
+    assert!(!cp.idle_position(Lsn(60)), "an open transaction pins the position");
+    cp.commit(t, Lsn(70)).unwrap();
+    assert_eq!(cp.flushed(), Lsn(70), "an empty transaction is done at commit");
+    assert!(cp.idle_position(Lsn(80)));
+}
+
+#[test]
+fn bookkeeping_mistakes_are_errors() {
+    let mut cp = Checkpoint::new(Lsn(0));
+    assert_eq!(
+        cp.ack(TxnSeq(3), 1),
+        Err(CheckpointError::UnknownTransaction(TxnSeq(3)))
+    );
+    let t = cp.begin();
+    cp.add_events(t, 1).unwrap();
+    assert!(matches!(
+        cp.ack(t, 2),
+        Err(CheckpointError::TooManyAcks { .. })
+    ));
+    cp.commit(t, Lsn(1)).unwrap();
+    assert_eq!(cp.commit(t, Lsn(2)), Err(CheckpointError::BadCommit(t)));
+    cp.ack(t, 1).unwrap();
+    assert_eq!(cp.ack(t, 1), Err(CheckpointError::UnknownTransaction(t)));
+}
+
+/// Drives the checkpoint the way the source and sinks do, in an order chosen by `choices`:
+/// the source reads Begin / event / Commit / keepalive in stream order, while sinks
+/// acknowledge any handed-over event at any time. After every step, no transaction that
+/// still has an unacknowledged event (or no Commit yet) may be at or behind the flush LSN.
+fn simulate(sizes: &[u8], choices: &[u16]) {
+    // Transaction i commits with end LSN 1000 * (i + 1).
+    let end = |i: usize| Lsn(1000 * (i as u64 + 1));
+    let mut cp = Checkpoint::new(Lsn(0));
+    let mut seqs = Vec::new();
+    let mut unacked: Vec<(usize, TxnSeq)> = Vec::new();
+    let mut done = vec![false; sizes.len()];
+    let mut acked = vec![0u8; sizes.len()];
+    let mut committed = vec![false; sizes.len()];
+    let (mut txn, mut emitted, mut in_txn) = (0usize, 0u8, false);
+    let mut last_flushed = cp.flushed();
+    let mut choice = choices.iter().copied().cycle();
+
+    let mut steps = 0;
+    while done.iter().any(|d| !d) {
+        steps += 1;
+        assert!(steps < 100_000, "simulation did not finish");
+        let c = choice.next().unwrap_or(0);
+        let source_can_move = txn < sizes.len();
+        if (c % 3 != 0 || unacked.is_empty()) && source_can_move {
+            if !in_txn {
+                seqs.push(cp.begin());
+                in_txn = true;
+                emitted = 0;
+            } else if emitted < sizes[txn] {
+                cp.add_events(seqs[txn], 1).unwrap();
+                unacked.push((txn, seqs[txn]));
+                emitted += 1;
+            } else {
+                cp.commit(seqs[txn], end(txn)).unwrap();
+                committed[txn] = true;
+                in_txn = false;
+                txn += 1;
+                if c % 5 == 0 {
+                    // A keepalive between transactions: the server is at the last commit end.
+                    cp.idle_position(end(txn - 1));
+                }
+            }
+        } else if !unacked.is_empty() {
+            let (t, seq) = unacked.swap_remove(usize::from(c) % unacked.len());
+            cp.ack(seq, 1).unwrap();
+            acked[t] += 1;
+        }
+        for i in 0..sizes.len() {
+            done[i] = committed[i] && acked[i] == sizes[i];
+        }
+        let flushed = cp.flushed();
+        assert!(flushed >= last_flushed, "flush LSN went backwards");
+        last_flushed = flushed;
+        for (i, finished) in done.iter().enumerate() {
+            if !finished {
+                assert!(
+                    flushed < end(i),
+                    "flushed {flushed} passes unfinished transaction {i} ending at {}",
+                    end(i)
+                );
+            }
+        }
+    }
+    assert_eq!(cp.flushed(), end(sizes.len() - 1));
+    assert_eq!(cp.in_flight_events(), 0);
+    assert_eq!(cp.pending_transactions(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn random_interleavings_never_flush_past_an_unacknowledged_event(
+        sizes in prop::collection::vec(0u8..6, 1..30),
+        choices in prop::collection::vec(any::<u16>(), 1..200),
+    ) {
+        simulate(&sizes, &choices);
+    }
+}

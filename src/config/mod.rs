@@ -1,0 +1,400 @@
+//! The relay's one TOML file: shape, defaults, `${ENV}` interpolation and validation.
+//!
+//! Loading goes text → TOML table → `${ENV}` expanded in every string (see [`interpolate`])
+//! → typed [`Config`] → [`Config::validate`]. Every failure becomes one [`ConfigError`]
+//! line that names the file, the key (`source.slot`) and the constraint, because the
+//! person reading it is an operator at a terminal, not a developer with a debugger.
+//!
+//! Names that reach SQL are newtypes that validate while deserializing, so an invalid
+//! slot or table name is reported with its exact key path.
+
+pub mod interpolate;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::ident::{self, NameError, TableName};
+
+/// Default for `source.status_interval_ms`: how often a standby status update is sent even
+/// when nothing changed. Well under PostgreSQL's default `wal_sender_timeout` (60 s).
+pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 1_000;
+/// Default for `source.max_batch_events`: events handed downstream in one channel message.
+pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1_024;
+/// Default for `source.channel_capacity_batches`: batches buffered between source and sink.
+pub const DEFAULT_CHANNEL_CAPACITY_BATCHES: usize = 16;
+/// Default for `source.connect_timeout_ms`.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Debezium's default outbox columns and topic template.
+pub const DEFAULT_ID_COLUMN: &str = "id";
+pub const DEFAULT_KEY_COLUMN: &str = "aggregateid";
+pub const DEFAULT_PAYLOAD_COLUMN: &str = "payload";
+pub const DEFAULT_ROUTE_BY_FIELD: &str = "aggregatetype";
+pub const DEFAULT_TOPIC_TEMPLATE: &str = "outbox.event.${routedByValue}";
+
+/// A whole relay configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// `[source]`: where the outbox rows come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// libpq-style URL or key=value string; put the password in as `${PGPASSWORD}`.
+    pub url: String,
+    pub slot: SlotName,
+    pub publication: Identifier,
+    /// The outbox tables, `schema.table`. The publication must cover exactly these.
+    pub tables: Vec<TableName>,
+    /// Create the slot (pgoutput) at start-up when it does not exist.
+    #[serde(default = "yes")]
+    pub create_slot: bool,
+    /// Create the publication for `tables` at start-up when it does not exist.
+    #[serde(default = "yes")]
+    pub create_publication: bool,
+    #[serde(default = "default_status_interval_ms")]
+    pub status_interval_ms: u64,
+    #[serde(default = "default_max_batch_events")]
+    pub max_batch_events: usize,
+    #[serde(default = "default_channel_capacity_batches")]
+    pub channel_capacity_batches: usize,
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+/// `[outbox]`: how an outbox row maps to a Kafka record (Debezium-compatible defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    #[serde(default = "default_id_column")]
+    pub id_column: Identifier,
+    #[serde(default = "default_key_column")]
+    pub key_column: Identifier,
+    #[serde(default = "default_payload_column")]
+    pub payload_column: Identifier,
+    /// The column whose value replaces `${routedByValue}` in `topic`.
+    #[serde(default = "default_route_by_field")]
+    pub route_by_field: Identifier,
+    #[serde(default = "default_topic_template")]
+    pub topic: String,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            id_column: default_id_column(),
+            key_column: default_key_column(),
+            payload_column: default_payload_column(),
+            route_by_field: default_route_by_field(),
+            topic: default_topic_template(),
+        }
+    }
+}
+
+impl OutboxConfig {
+    /// Columns every outbox table must have for rows to be routed.
+    pub fn required_columns(&self) -> Vec<&str> {
+        let mut columns = vec![
+            self.id_column.as_str(),
+            self.key_column.as_str(),
+            self.payload_column.as_str(),
+        ];
+        if self.topic.contains("${routedByValue}") {
+            columns.push(self.route_by_field.as_str());
+        }
+        columns
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_status_interval_ms() -> u64 {
+    DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_max_batch_events() -> usize {
+    DEFAULT_MAX_BATCH_EVENTS
+}
+fn default_channel_capacity_batches() -> usize {
+    DEFAULT_CHANNEL_CAPACITY_BATCHES
+}
+fn default_connect_timeout_ms() -> u64 {
+    DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_id_column() -> Identifier {
+    Identifier(DEFAULT_ID_COLUMN.into())
+}
+fn default_key_column() -> Identifier {
+    Identifier(DEFAULT_KEY_COLUMN.into())
+}
+fn default_payload_column() -> Identifier {
+    Identifier(DEFAULT_PAYLOAD_COLUMN.into())
+}
+fn default_route_by_field() -> Identifier {
+    Identifier(DEFAULT_ROUTE_BY_FIELD.into())
+}
+fn default_topic_template() -> String {
+    DEFAULT_TOPIC_TEMPLATE.into()
+}
+
+/// A replication slot name, validated by [`ident::validate_slot_name`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SlotName(String);
+
+/// A SQL identifier, validated by [`ident::validate_identifier`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Identifier(String);
+
+impl SlotName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Identifier {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for SlotName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        ident::validate_slot_name(&value)
+            .map(|()| SlotName(value.clone()))
+            .map_err(|e| format!("slot name {value:?} {e}"))
+    }
+}
+
+impl TryFrom<String> for Identifier {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        ident::validate_identifier(&value)
+            .map(|()| Identifier(value.clone()))
+            .map_err(|e| format!("name {value:?} {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse()
+            .map_err(|e: NameError| serde::de::Error::custom(format!("table {text:?} {e}")))
+    }
+}
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A config that cannot be used, with the file, the key and what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: TOML syntax error at line {line}: {message}")]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{file}: {key}: {source}")]
+    Unset {
+        file: PathBuf,
+        key: String,
+        #[source]
+        source: interpolate::UnsetVariable,
+    },
+    #[error("{file}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads, interpolates, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path, |name| std::env::var(name).ok())
+    }
+
+    /// Parses `text` as if read from `file`, with environment lookups through `env`.
+    pub fn from_toml(
+        text: &str,
+        file: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str::<toml::Table>(text)
+            .map(toml::Value::Table)
+            .map_err(|e| ConfigError::Syntax {
+                file: file.to_owned(),
+                line: e
+                    .span()
+                    .map_or(0, |span| text[..span.start].lines().count().max(1)),
+                message: e.message().to_owned(),
+            })?;
+        interpolate_strings(&mut value, &mut String::new(), &env).map_err(|(key, source)| {
+            ConfigError::Unset {
+                file: file.to_owned(),
+                key,
+                source,
+            }
+        })?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let (key, message) = describe_serde_error(&e.path().to_string(), &e.inner().to_string());
+            ConfigError::Invalid {
+                file: file.to_owned(),
+                key,
+                message,
+            }
+        })?;
+        config.validate().map_err(|(key, message)| ConfigError::Invalid {
+            file: file.to_owned(),
+            key: key.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the constraints serde cannot express. Returns the key and the constraint.
+    pub fn validate(&self) -> Result<(), (&'static str, String)> {
+        let source = &self.source;
+        if let Err(e) = tokio_postgres::Config::from_str(&source.url) {
+            return Err((
+                "source.url",
+                format!("not a valid PostgreSQL connection URL ({e}); expected postgres://user:${{PGPASSWORD}}@host:5432/dbname"),
+            ));
+        }
+        if source.tables.is_empty() {
+            return Err((
+                "source.tables",
+                "must list at least one outbox table, e.g. [\"public.outbox\"]".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = source.tables.iter().find(|t| !seen.insert(*t)) {
+            return Err(("source.tables", format!("lists {dup} twice")));
+        }
+        if !(10..=60_000).contains(&source.status_interval_ms) {
+            return Err((
+                "source.status_interval_ms",
+                "must be between 10 and 60000; keep it well under the server's wal_sender_timeout".into(),
+            ));
+        }
+        if !(1..=65_536).contains(&source.max_batch_events) {
+            return Err(("source.max_batch_events", "must be between 1 and 65536".into()));
+        }
+        if !(1..=1_024).contains(&source.channel_capacity_batches) {
+            return Err(("source.channel_capacity_batches", "must be between 1 and 1024".into()));
+        }
+        if source.connect_timeout_ms == 0 {
+            return Err(("source.connect_timeout_ms", "must be greater than 0".into()));
+        }
+        if self.outbox.topic.is_empty() {
+            return Err(("outbox.topic", "must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// The parsed `source.url` (validated by [`Config::validate`]).
+    pub fn postgres_config(&self) -> tokio_postgres::Config {
+        let mut config = tokio_postgres::Config::from_str(&self.source.url)
+            .expect("source.url is validated when the config is loaded");
+        config.connect_timeout(std::time::Duration::from_millis(self.source.connect_timeout_ms));
+        if config.get_application_name().is_none() {
+            config.application_name("outbox-relay");
+        }
+        config
+    }
+}
+
+/// Expands `${ENV}` in every string of `value`; on failure, the dotted key and the error.
+fn interpolate_strings(
+    value: &mut toml::Value,
+    key: &mut String,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<(), (String, interpolate::UnsetVariable)> {
+    match value {
+        toml::Value::String(text) => {
+            *text = interpolate::interpolate(text, env).map_err(|e| (key.clone(), e))?;
+        }
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                let len = key.len();
+                key.push_str(&format!("[{index}]"));
+                interpolate_strings(item, key, env)?;
+                key.truncate(len);
+            }
+        }
+        toml::Value::Table(table) => {
+            for (name, item) in table.iter_mut() {
+                let len = key.len();
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+                interpolate_strings(item, key, env)?;
+                key.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Turns serde's "unknown field `x`" / "missing field `x`" at `path` into the full key.
+fn describe_serde_error(path: &str, message: &str) -> (String, String) {
+    let join = |field: &str| {
+        if path == "." || path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        }
+    };
+    let field_in = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(field) = field_in("unknown field `") {
+        let expected = message.split_once(", expected").map_or("", |(_, e)| e);
+        return (
+            join(&field),
+            format!("unknown key; remove it or fix its spelling (expected{expected})"),
+        );
+    }
+    if let Some(field) = field_in("missing field `") {
+        return (join(&field), "required key is missing; add it".to_owned());
+    }
+    (path.to_owned(), message.to_owned())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,119 @@
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[source]
+url = "postgres://relay:${PGPASSWORD}@127.0.0.1:5432/orders"
+slot = "outbox_relay"
+publication = "outbox_relay"
+tables = ["public.outbox"]
+"#;
+
+fn env(name: &str) -> Option<String> {
+    (name == "PGPASSWORD").then(|| "pw".to_owned())
+}
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::from_toml(text, Path::new("relay.toml"), env)
+}
+
+fn error_line(text: &str) -> String {
+    let line = parse(text).unwrap_err().to_string();
+    assert!(!line.contains('\n'), "error is not one line: {line}");
+    line
+}
+
+#[test]
+fn minimal_config_gets_the_documented_defaults() {
+    let config = parse(MINIMAL).unwrap();
+    assert_eq!(config.source.url, "postgres://relay:pw@127.0.0.1:5432/orders");
+    assert!(config.source.create_slot);
+    assert!(config.source.create_publication);
+    assert_eq!(config.source.status_interval_ms, DEFAULT_STATUS_INTERVAL_MS);
+    assert_eq!(config.source.max_batch_events, DEFAULT_MAX_BATCH_EVENTS);
+    assert_eq!(config.outbox.id_column.as_str(), "id");
+    assert_eq!(config.outbox.key_column.as_str(), "aggregateid");
+    assert_eq!(config.outbox.payload_column.as_str(), "payload");
+    assert_eq!(config.outbox.route_by_field.as_str(), "aggregatetype");
+    assert_eq!(config.outbox.topic, "outbox.event.${routedByValue}");
+    assert_eq!(
+        config.outbox.required_columns(),
+        ["id", "aggregateid", "payload", "aggregatetype"]
+    );
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let line = error_line(&format!("{MINIMAL}slott = \"x\"\n"));
+    assert!(line.starts_with("relay.toml: source.slott: unknown key"), "{line}");
+}
+
+#[test]
+fn unknown_section_is_named() {
+    let line = error_line(&format!("{MINIMAL}[sauce]\nurl = \"x\"\n"));
+    assert!(line.starts_with("relay.toml: sauce: unknown key"), "{line}");
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    let text = MINIMAL.replace("slot = \"outbox_relay\"\n", "");
+    let line = error_line(&text);
+    assert_eq!(line, "relay.toml: source.slot: required key is missing; add it");
+}
+
+#[test]
+fn unset_variable_is_named_with_its_key() {
+    let text = MINIMAL.replace("PGPASSWORD", "RELAY_DB_PASSWORD");
+    let line = error_line(&text);
+    assert!(line.starts_with("relay.toml: source.url: environment variable RELAY_DB_PASSWORD is not set"), "{line}");
+}
+
+#[test]
+fn invalid_names_are_reported_with_their_key() {
+    let line = error_line(&MINIMAL.replace("slot = \"outbox_relay\"", "slot = \"Outbox-Relay\""));
+    assert!(line.starts_with("relay.toml: source.slot: slot name \"Outbox-Relay\""), "{line}");
+    let line = error_line(&MINIMAL.replace("public.outbox", "outbox"));
+    assert!(line.starts_with("relay.toml: source.tables[0]: table \"outbox\" must be written as schema.table"), "{line}");
+    let line = error_line(&MINIMAL.replace("publication = \"outbox_relay\"", "publication = \"x; drop\""));
+    assert!(line.starts_with("relay.toml: source.publication:"), "{line}");
+}
+
+#[test]
+fn constraints_name_key_and_limit() {
+    let line = error_line(&MINIMAL.replace("tables = [\"public.outbox\"]", "tables = []"));
+    assert!(line.starts_with("relay.toml: source.tables: must list at least one"), "{line}");
+    let line = error_line(&format!("{MINIMAL}status_interval_ms = 0\n"));
+    assert!(line.starts_with("relay.toml: source.status_interval_ms: must be between"), "{line}");
+    let line = error_line(&MINIMAL.replace("postgres://relay", "postgres://[bad"));
+    assert!(line.starts_with("relay.toml: source.url: not a valid PostgreSQL connection URL"), "{line}");
+}
+
+#[test]
+fn syntax_error_gives_the_line() {
+    let line = error_line("[source]\nurl = \n");
+    assert!(line.starts_with("relay.toml: TOML syntax error at line 2"), "{line}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let line = error_line(&format!("{MINIMAL}create_slot = \"yes\"\n"));
+    assert!(line.starts_with("relay.toml: source.create_slot: invalid type"), "{line}");
+}
+
+/// Every shipped example must load, so the docs can't drift from the code.
+#[test]
+fn every_file_in_config_dir_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut parsed = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            Config::from_toml(&text, &path, |_| Some("example".to_owned()))
+                .unwrap_or_else(|e| panic!("{e}"));
+            parsed += 1;
+        }
+    }
+    assert!(parsed > 0, "no config files found in {}", dir.display());
+}

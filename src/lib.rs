@@ -1,0 +1,22 @@
+//! outbox-relay: PostgreSQL transactional-outbox rows to Kafka, over logical replication.
+//!
+//! Domain services write a business row and an outbox row in one transaction; the relay
+//! tails the slot with pgoutput, hands each committed outbox row downstream, and lets
+//! PostgreSQL recycle WAL only once downstream has durably acknowledged it.
+//!
+//! # Layout
+//! - [`config`]: the TOML file: shape, defaults, `${ENV}` interpolation, validation.
+//! - [`ident`]: validation and quoting of every name that reaches SQL.
+//! - [`replication`]: the walsender wire protocol, pgoutput decoding, LSNs, relation cache.
+//! - [`source`]: the task that streams from the slot and hands batches downstream.
+//! - [`checkpoint`]: what may be acknowledged (the flush LSN) — the acknowledgement rule.
+//! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
+//! - [`check`]: the `check` command's prerequisites, each with its fix.
+
+pub mod admin_sql;
+pub mod check;
+pub mod checkpoint;
+pub mod config;
+pub mod ident;
+pub mod replication;
+pub mod source;

@@ -1,0 +1,332 @@
+//! A walsender connection: connect, authenticate, run replication commands.
+//!
+//! Startup asks for `replication=database`, which gives a logical walsender that accepts
+//! `IDENTIFY_SYSTEM` and `START_REPLICATION ... LOGICAL` in the simple-query protocol.
+//! Authentication supports trust, cleartext, md5 and SCRAM-SHA-256 (no channel binding:
+//! the connection is plain TCP or a Unix socket until TLS arrives).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use futures_util::StreamExt;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
+use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_util::codec::FramedRead;
+use tracing::debug;
+
+use super::codec::{BackendCodec, BackendMessage};
+use super::error::{ReplicationError, ServerError};
+use super::lsn::Lsn;
+use super::stream::ReplicationStream;
+use crate::ident::{quote_identifier, quote_literal};
+
+/// A byte stream the connection can run over (TCP or Unix socket; TLS later).
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
+
+pub(crate) type Reader = FramedRead<ReadHalf<Box<dyn Transport>>, BackendCodec>;
+pub(crate) type Writer = WriteHalf<Box<dyn Transport>>;
+
+/// What `IDENTIFY_SYSTEM` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SystemIdentity {
+    pub system_id: String,
+    pub timeline: u32,
+    /// The server's current WAL flush position.
+    pub xlog_position: Lsn,
+    pub database: Option<String>,
+}
+
+/// An authenticated walsender connection, ready for replication commands.
+#[allow(missing_debug_implementations)]
+pub struct ReplicationConnection {
+    reader: Reader,
+    writer: Writer,
+    buf: BytesMut,
+}
+
+impl ReplicationConnection {
+    /// Connects to the first reachable host of `config` and authenticates.
+    pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
+        match config.get_ssl_mode() {
+            SslMode::Disable | SslMode::Prefer => {}
+            other => {
+                return Err(ReplicationError::Unsupported(format!(
+                    "sslmode={other:?} is not supported by this build; use sslmode=disable or prefer"
+                )))
+            }
+        }
+        let transport = open_transport(config).await?;
+        let (read, write) = tokio::io::split(transport);
+        let mut connection = ReplicationConnection {
+            reader: FramedRead::new(read, BackendCodec),
+            writer: write,
+            buf: BytesMut::with_capacity(256),
+        };
+        connection.startup(config).await?;
+        Ok(connection)
+    }
+
+    async fn startup(&mut self, config: &tokio_postgres::Config) -> Result<(), ReplicationError> {
+        let user = config
+            .get_user()
+            .ok_or_else(|| ReplicationError::Auth("source.url names no user".into()))?;
+        let mut params = vec![
+            ("user", user),
+            ("replication", "database"),
+            ("client_encoding", "UTF8"),
+        ];
+        if let Some(db) = config.get_dbname() {
+            params.push(("database", db));
+        }
+        if let Some(app) = config.get_application_name() {
+            params.push(("application_name", app));
+        }
+        frontend::startup_message(params.iter().copied(), &mut self.buf)?;
+        self.flush().await?;
+        self.authenticate(user, config.get_password()).await?;
+        loop {
+            match self.next_message().await? {
+                Message::ReadyForQuery(_) => return Ok(()),
+                Message::ErrorResponse(body) => return Err(server_error(&body)),
+                _ => {} // ParameterStatus, BackendKeyData, notices
+            }
+        }
+    }
+
+    async fn authenticate(
+        &mut self,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<(), ReplicationError> {
+        let need_password = || {
+            password.ok_or_else(|| {
+                ReplicationError::Auth(
+                    "the server asks for a password but source.url has none; add it as ${PGPASSWORD}"
+                        .into(),
+                )
+            })
+        };
+        match self.next_message().await? {
+            Message::AuthenticationOk => return Ok(()),
+            Message::AuthenticationCleartextPassword => {
+                frontend::password_message(need_password()?, &mut self.buf)?;
+            }
+            Message::AuthenticationMd5Password(body) => {
+                let hash =
+                    postgres_protocol::authentication::md5_hash(user.as_bytes(), need_password()?, body.salt());
+                frontend::password_message(hash.as_bytes(), &mut self.buf)?;
+            }
+            Message::AuthenticationSasl(body) => {
+                let offers_scram = body.mechanisms().any(|m| Ok(m == SCRAM_SHA_256))?;
+                if !offers_scram {
+                    return Err(ReplicationError::Auth(
+                        "the server offers no SASL mechanism this relay supports (SCRAM-SHA-256)".into(),
+                    ));
+                }
+                self.scram(need_password()?).await?;
+            }
+            Message::ErrorResponse(body) => return Err(server_error(&body)),
+            _ => {
+                return Err(ReplicationError::Auth(
+                    "the server asks for an authentication method this relay does not support (use scram-sha-256, md5, password or trust)".into(),
+                ))
+            }
+        }
+        self.flush().await?;
+        match self.next_message().await? {
+            Message::AuthenticationOk => Ok(()),
+            Message::ErrorResponse(body) => Err(server_error(&body)),
+            _ => Err(ReplicationError::Protocol("expected AuthenticationOk".into())),
+        }
+    }
+
+    async fn scram(&mut self, password: &[u8]) -> Result<(), ReplicationError> {
+        let mut scram = ScramSha256::new(password, ChannelBinding::unsupported());
+        frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), &mut self.buf)?;
+        self.flush().await?;
+        let body = match self.next_message().await? {
+            Message::AuthenticationSaslContinue(body) => body,
+            Message::ErrorResponse(body) => return Err(server_error(&body)),
+            _ => return Err(ReplicationError::Protocol("expected SASL continue".into())),
+        };
+        scram
+            .update(body.data())
+            .map_err(|e| ReplicationError::Auth(format!("SCRAM: {e}")))?;
+        frontend::sasl_response(scram.message(), &mut self.buf)?;
+        self.flush().await?;
+        let body = match self.next_message().await? {
+            Message::AuthenticationSaslFinal(body) => body,
+            Message::ErrorResponse(body) => return Err(server_error(&body)),
+            _ => return Err(ReplicationError::Protocol("expected SASL final".into())),
+        };
+        scram
+            .finish(body.data())
+            .map_err(|e| ReplicationError::Auth(format!("SCRAM: server proof rejected: {e}")))
+        // The caller writes nothing more; AuthenticationOk follows.
+    }
+
+    /// Runs one replication command and returns its rows as text columns.
+    pub async fn simple_query(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<Vec<Option<String>>>, ReplicationError> {
+        debug!(sql, "replication command");
+        frontend::query(sql, &mut self.buf)?;
+        self.flush().await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            match self.next_message().await? {
+                Message::DataRow(body) => rows.push(text_columns(&body)?),
+                Message::ErrorResponse(body) => error = Some(server_error(&body)),
+                Message::ReadyForQuery(_) => break,
+                _ => {} // RowDescription, CommandComplete, notices
+            }
+        }
+        match error {
+            Some(e) => Err(e),
+            None => Ok(rows),
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`: the server's identity and current WAL position.
+    pub async fn identify_system(&mut self) -> Result<SystemIdentity, ReplicationError> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM").await?;
+        let row = rows
+            .into_iter()
+            .next()
+            .filter(|r| r.len() >= 4)
+            .ok_or_else(|| ReplicationError::Protocol("IDENTIFY_SYSTEM returned no row".into()))?;
+        let field = |i: usize| row[i].clone().unwrap_or_default();
+        Ok(SystemIdentity {
+            system_id: field(0),
+            timeline: field(1)
+                .parse()
+                .map_err(|_| ReplicationError::Protocol("bad timeline in IDENTIFY_SYSTEM".into()))?,
+            xlog_position: field(2)
+                .parse()
+                .map_err(|_| ReplicationError::Protocol("bad xlogpos in IDENTIFY_SYSTEM".into()))?,
+            database: row[3].clone(),
+        })
+    }
+
+    /// `START_REPLICATION SLOT slot LOGICAL start (proto_version '1', publication_names ...)`.
+    ///
+    /// `start` = [`Lsn::ZERO`] resumes from the slot's `confirmed_flush_lsn`. Names are
+    /// validated by the config; they are quoted here all the same.
+    pub async fn start_replication(
+        mut self,
+        slot: &str,
+        start: Lsn,
+        publication: &str,
+    ) -> Result<ReplicationStream, ReplicationError> {
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names {})",
+            quote_identifier(slot),
+            quote_literal(&quote_identifier(publication)),
+        );
+        debug!(%sql, "starting replication");
+        frontend::query(&sql, &mut self.buf)?;
+        self.flush().await?;
+        loop {
+            match self.reader.next().await.transpose()?.ok_or(ReplicationError::Closed)? {
+                BackendMessage::CopyBothResponse => break,
+                BackendMessage::Other(Message::ErrorResponse(body)) => {
+                    return Err(server_error(&body))
+                }
+                BackendMessage::Other(_) => {}
+            }
+        }
+        Ok(ReplicationStream::new(self.reader, self.writer))
+    }
+
+    async fn next_message(&mut self) -> Result<Message, ReplicationError> {
+        match self.reader.next().await.transpose()? {
+            Some(BackendMessage::Other(message)) => Ok(message),
+            Some(BackendMessage::CopyBothResponse) => Err(ReplicationError::Protocol(
+                "unexpected CopyBothResponse".into(),
+            )),
+            None => Err(ReplicationError::Closed),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ReplicationError> {
+        self.writer.write_all(&self.buf).await?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+async fn open_transport(
+    config: &tokio_postgres::Config,
+) -> Result<Box<dyn Transport>, ReplicationError> {
+    let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+    let ports = config.get_ports();
+    let mut last_error = None;
+    for (i, host) in config.get_hosts().iter().enumerate() {
+        let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let (address, attempt): (String, _) = match host {
+            Host::Tcp(name) => (format!("{name}:{port}"), None),
+            Host::Unix(dir) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                (path.display().to_string(), Some(path))
+            }
+        };
+        let connect = async {
+            match &attempt {
+                None => {
+                    let stream = tokio::net::TcpStream::connect(&address).await?;
+                    stream.set_nodelay(true)?;
+                    Ok::<Box<dyn Transport>, std::io::Error>(Box::new(stream))
+                }
+                Some(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Transport>),
+            }
+        };
+        match tokio::time::timeout(timeout, connect).await {
+            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Err(source)) => last_error = Some(ReplicationError::Connect { address, source }),
+            Err(_) => last_error = Some(ReplicationError::ConnectTimeout { address }),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| ReplicationError::Unsupported("source.url names no host".into())))
+}
+
+/// The text of each column of a `DataRow` (`None` for NULL).
+fn text_columns(body: &DataRowBody) -> Result<Vec<Option<String>>, ReplicationError> {
+    let buffer = body.buffer();
+    body.ranges()
+        .map(|range| {
+            Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
+        })
+        .collect()
+        .map_err(ReplicationError::Io)
+}
+
+/// Turns an `ErrorResponse` into a typed error carrying the SQLSTATE.
+pub(crate) fn server_error(body: &ErrorResponseBody) -> ReplicationError {
+    let mut error = ServerError {
+        severity: String::new(),
+        code: String::new(),
+        message: String::new(),
+        detail: None,
+        hint: None,
+    };
+    let mut fields = body.fields();
+    while let Ok(Some(field)) = fields.next() {
+        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
+        match field.type_() {
+            b'S' => error.severity = value,
+            b'C' => error.code = value,
+            b'M' => error.message = value,
+            b'D' => error.detail = Some(value),
+            b'H' => error.hint = Some(value),
+            _ => {}
+        }
+    }
+    ReplicationError::Server(error)
+}

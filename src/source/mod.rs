@@ -1,0 +1,337 @@
+//! The replication source: one task that streams pgoutput from the slot, decodes it,
+//! hands row changes downstream in bounded batches, and reports the flush LSN.
+//!
+//! The task owns the replication connection. It registers each transaction and event
+//! with the [`SharedCheckpoint`] *before* handing the event over, so an acknowledgement can
+//! never arrive for work the checkpoint does not know. While the downstream channel is
+//! full (backpressure), it stops reading WAL but keeps sending heartbeat status updates,
+//! so a slow broker never trips the server's `wal_sender_timeout`.
+
+pub mod events;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info};
+
+pub use events::{Change, EventBatch, SourceEvent, TransactionInfo};
+use status::StatusSchedule;
+
+use crate::checkpoint::{SharedCheckpoint, TxnSeq};
+use crate::ident::quote_literal;
+use crate::replication::pgoutput::{self, PgOutputMessage};
+use crate::replication::relations::RelationCache;
+use crate::replication::{
+    Lsn, ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
+    StandbyStatus,
+};
+
+/// What the source needs from the config.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    pub slot: String,
+    pub publication: String,
+    pub status_interval: Duration,
+    pub max_batch_events: usize,
+}
+
+impl SourceSettings {
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        SourceSettings {
+            slot: config.source.slot.as_str().to_owned(),
+            publication: config.source.publication.as_str().to_owned(),
+            status_interval: Duration::from_millis(config.source.status_interval_ms),
+            max_batch_events: config.source.max_batch_events,
+        }
+    }
+}
+
+/// A connected source, streaming from the slot's confirmed position.
+#[allow(missing_debug_implementations)]
+pub struct Source {
+    stream: ReplicationStream,
+    settings: SourceSettings,
+    checkpoint: SharedCheckpoint,
+    relations: RelationCache,
+    /// The open transaction and its events not yet registered with the checkpoint.
+    current: Option<OpenTransaction>,
+    batch: EventBatch,
+    /// Highest WAL position the server has told us about.
+    received: Lsn,
+    status: StatusSchedule,
+}
+
+struct OpenTransaction {
+    seq: TxnSeq,
+    info: Arc<TransactionInfo>,
+    unregistered_events: u64,
+}
+
+impl Source {
+    /// Connects, reads the slot's confirmed position and starts streaming from it.
+    ///
+    /// Returns the source and the checkpoint, which starts at the slot's
+    /// `confirmed_flush_lsn`, so the relay never reports a position behind the server's.
+    pub async fn connect(
+        pg: &tokio_postgres::Config,
+        settings: SourceSettings,
+    ) -> Result<(Source, SharedCheckpoint), ReplicationError> {
+        let mut connection = ReplicationConnection::connect(pg).await?;
+        let identity = connection.identify_system().await?;
+        let confirmed = slot_confirmed_lsn(&mut connection, &settings.slot).await?;
+        info!(
+            slot = %settings.slot,
+            confirmed = %confirmed,
+            server_wal = %identity.xlog_position,
+            "starting replication"
+        );
+        let stream = connection
+            .start_replication(&settings.slot, Lsn::ZERO, &settings.publication)
+            .await?;
+        let checkpoint = SharedCheckpoint::new(confirmed);
+        let source = Source {
+            stream,
+            status: StatusSchedule::new(settings.status_interval, confirmed, Instant::now()),
+            settings,
+            checkpoint: checkpoint.clone(),
+            relations: RelationCache::default(),
+            current: None,
+            batch: Vec::new(),
+            received: confirmed,
+        };
+        Ok((source, checkpoint))
+    }
+
+    /// Streams until the connection fails or the receiver is dropped.
+    pub async fn run(mut self, events: mpsc::Sender<EventBatch>) -> Result<(), ReplicationError> {
+        loop {
+            // Timers first: a busy stream must not starve the heartbeat.
+            tokio::select! {
+                biased;
+                _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+                _ = self.checkpoint.advanced() => {
+                    self.status.progressed(self.checkpoint.flushed(), Instant::now());
+                }
+                message = self.stream.next() => {
+                    self.handle(message?).await?;
+                    while self.batch.len() < self.settings.max_batch_events {
+                        match self.stream.try_next() {
+                            Some(message) => self.handle(message?).await?,
+                            None => break,
+                        }
+                    }
+                    if !self.hand_over(&events).await? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends the current batch downstream, heartbeating while the channel is full.
+    /// Returns false when the receiver is gone.
+    async fn hand_over(&mut self, events: &mpsc::Sender<EventBatch>) -> Result<bool, ReplicationError> {
+        if self.batch.is_empty() {
+            return Ok(true);
+        }
+        self.register_current_events();
+        let batch = std::mem::take(&mut self.batch);
+        loop {
+            tokio::select! {
+                biased;
+                permit = events.reserve() => {
+                    return Ok(match permit {
+                        Ok(permit) => {
+                            permit.send(batch);
+                            true
+                        }
+                        Err(_) => false,
+                    });
+                }
+                _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+            }
+        }
+    }
+
+    async fn handle(&mut self, message: ReplicationMessage) -> Result<(), ReplicationError> {
+        match message {
+            ReplicationMessage::XLogData {
+                wal_start,
+                wal_end,
+                data,
+                ..
+            } => {
+                self.received = self.received.max(wal_end);
+                let decoded = pgoutput::decode(data).map_err(|source| ReplicationError::Decode {
+                    lsn: wal_start,
+                    source,
+                })?;
+                self.apply(decoded)
+            }
+            ReplicationMessage::Keepalive {
+                wal_end,
+                reply_requested,
+                ..
+            } => {
+                self.received = self.received.max(wal_end);
+                // Events still in `self.batch` belong to registered transactions, so the
+                // checkpoint is not idle while any of them is unsent.
+                self.register_current_events();
+                if self.checkpoint.lock().idle_position(wal_end) {
+                    self.status.progressed(wal_end, Instant::now());
+                }
+                if reply_requested {
+                    self.send_status(false).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn apply(&mut self, message: PgOutputMessage) -> Result<(), ReplicationError> {
+        let change = match message {
+            PgOutputMessage::Begin(begin) => {
+                if self.current.is_some() {
+                    return Err(protocol("Begin inside an open transaction"));
+                }
+                let seq = self.checkpoint.lock().begin();
+                self.current = Some(OpenTransaction {
+                    seq,
+                    info: Arc::new(TransactionInfo {
+                        xid: begin.xid,
+                        commit_lsn: begin.final_lsn,
+                        commit_ts_micros: begin.commit_ts_micros,
+                    }),
+                    unregistered_events: 0,
+                });
+                return Ok(());
+            }
+            PgOutputMessage::Commit(commit) => {
+                let open = self
+                    .current
+                    .take()
+                    .ok_or_else(|| protocol("Commit without Begin"))?;
+                let mut checkpoint = self.checkpoint.lock();
+                checkpoint
+                    .add_events(open.seq, open.unregistered_events)
+                    .and_then(|_| checkpoint.commit(open.seq, commit.end_lsn))
+                    .map_err(|e| protocol(&e.to_string()))?;
+                let flushed = checkpoint.flushed();
+                drop(checkpoint);
+                self.status.progressed(flushed, Instant::now());
+                return Ok(());
+            }
+            PgOutputMessage::Relation(relation) => {
+                debug!(relation = %relation.qualified_name(), oid = relation.oid, "relation");
+                self.relations.apply(relation);
+                return Ok(());
+            }
+            PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
+                return Ok(())
+            }
+            PgOutputMessage::Insert(insert) => Change::Insert {
+                relation: self.relation(insert.relation)?,
+                row: insert.new,
+            },
+            PgOutputMessage::Update(update) => Change::Update {
+                relation: self.relation(update.relation)?,
+                old: update.old,
+                row: update.new,
+            },
+            PgOutputMessage::Delete(delete) => Change::Delete {
+                relation: self.relation(delete.relation)?,
+                old: delete.old,
+            },
+            PgOutputMessage::Truncate(truncate) => Change::Truncate {
+                relations: truncate
+                    .relations
+                    .iter()
+                    .map(|oid| self.relation(*oid))
+                    .collect::<Result<_, _>>()?,
+            },
+        };
+        let open = self
+            .current
+            .as_mut()
+            .ok_or_else(|| protocol("row change outside a transaction"))?;
+        open.unregistered_events += 1;
+        self.batch.push(SourceEvent {
+            seq: open.seq,
+            transaction: Arc::clone(&open.info),
+            change,
+        });
+        Ok(())
+    }
+
+    fn relation(&self, oid: pgoutput::Oid) -> Result<Arc<pgoutput::Relation>, ReplicationError> {
+        self.relations
+            .get(oid)
+            .cloned()
+            .ok_or_else(|| protocol(&format!("change for relation {oid} before its Relation message")))
+    }
+
+    /// Tells the checkpoint about the open transaction's events before they leave.
+    fn register_current_events(&mut self) {
+        if let Some(open) = self.current.as_mut().filter(|o| o.unregistered_events > 0) {
+            self.checkpoint
+                .lock()
+                .add_events(open.seq, open.unregistered_events)
+                .expect("the open transaction is registered at Begin");
+            open.unregistered_events = 0;
+        }
+    }
+
+    async fn send_status(&mut self, reply_requested: bool) -> Result<(), ReplicationError> {
+        let flushed = self.checkpoint.flushed();
+        let status = StandbyStatus {
+            write: self.received.max(flushed),
+            flush: flushed,
+            apply: flushed,
+        };
+        self.stream.send_status(status, reply_requested).await?;
+        debug!(flush = %flushed, "standby status sent");
+        self.status.sent(flushed, Instant::now());
+        Ok(())
+    }
+}
+
+fn protocol(what: &str) -> ReplicationError {
+    ReplicationError::Protocol(what.to_owned())
+}
+
+/// The slot's `confirmed_flush_lsn`, checking it is a pgoutput slot of this database.
+async fn slot_confirmed_lsn(
+    connection: &mut ReplicationConnection,
+    slot: &str,
+) -> Result<Lsn, ReplicationError> {
+    let rows = connection
+        .simple_query(&format!(
+            "SELECT plugin, database = current_database(), confirmed_flush_lsn \
+             FROM pg_replication_slots WHERE slot_name = {}",
+            quote_literal(slot)
+        ))
+        .await?;
+    let row = rows.into_iter().next().ok_or_else(|| {
+        ReplicationError::Unsupported(format!(
+            "replication slot {slot:?} does not exist; create it (set source.create_slot = true) or fix source.slot"
+        ))
+    })?;
+    match (row[0].as_deref(), row[1].as_deref(), row[2].as_deref()) {
+        (Some("pgoutput"), Some("t"), Some(lsn)) => lsn
+            .parse()
+            .map_err(|_| protocol("bad confirmed_flush_lsn")),
+        (Some("pgoutput"), Some("t"), None) => Err(ReplicationError::Unsupported(format!(
+            "replication slot {slot:?} has no confirmed position (it was never consistent); drop and recreate it"
+        ))),
+        (Some("pgoutput"), _, _) => Err(ReplicationError::Unsupported(format!(
+            "replication slot {slot:?} belongs to another database; use a slot created in the database of source.url"
+        ))),
+        (plugin, _, _) => Err(ReplicationError::Unsupported(format!(
+            "replication slot {slot:?} uses output plugin {:?}, not pgoutput; drop it or choose another source.slot",
+            plugin.unwrap_or("none")
+        ))),
+    }
+}
