@@ -99,14 +99,23 @@ async fn query_one(
     sql: &str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<tokio_postgres::Row, AdminError> {
-    client.query_one(sql, params).await.map_err(|source| AdminError::Sql {
-        action: format!("checking {what}"),
-        source,
-    })
+    client
+        .query_one(sql, params)
+        .await
+        .map_err(|source| AdminError::Sql {
+            action: format!("checking {what}"),
+            source,
+        })
 }
 
 async fn wal_level(client: &Client) -> Result<CheckLine, AdminError> {
-    let row = query_one(client, "wal_level", "SELECT current_setting('wal_level')", &[]).await?;
+    let row = query_one(
+        client,
+        "wal_level",
+        "SELECT current_setting('wal_level')",
+        &[],
+    )
+    .await?;
     let level: String = row.get(0);
     Ok(if level == "logical" {
         CheckLine::pass("wal_level=logical", "logical")
@@ -174,13 +183,20 @@ async fn role(client: &Client) -> Result<CheckLine, AdminError> {
     .await?;
     let (name, replication, superuser): (String, bool, bool) = (row.get(0), row.get(1), row.get(2));
     Ok(if replication || superuser {
-        let how = if superuser { "superuser" } else { "REPLICATION" };
+        let how = if superuser {
+            "superuser"
+        } else {
+            "REPLICATION"
+        };
         CheckLine::pass("role may replicate", format!("role {name} has {how}"))
     } else {
         CheckLine::fail(
             "role may replicate",
             format!("role {name} has neither REPLICATION nor superuser"),
-            format!("ALTER ROLE {} WITH REPLICATION", crate::ident::quote_identifier(&name)),
+            format!(
+                "ALTER ROLE {} WITH REPLICATION",
+                crate::ident::quote_identifier(&name)
+            ),
         )
     })
 }
@@ -245,7 +261,10 @@ async fn publication(client: &Client, config: &Config) -> Result<CheckLine, Admi
     let Some(row) = row else {
         let create = admin_sql::create_publication_sql(pubname, &source.tables);
         return Ok(if source.create_publication {
-            CheckLine::pass(name, "missing; the relay creates it at start (source.create_publication)")
+            CheckLine::pass(
+                name,
+                "missing; the relay creates it at start (source.create_publication)",
+            )
         } else {
             CheckLine::fail(name, "does not exist", create)
         });
@@ -270,28 +289,46 @@ async fn publication(client: &Client, config: &Config) -> Result<CheckLine, Admi
         CheckLine::fail(
             name,
             "is FOR ALL TABLES, so it publishes more than the outbox",
-            format!("DROP PUBLICATION {0}; then {1}", crate::ident::quote_identifier(pubname), admin_sql::create_publication_sql(pubname, &source.tables)),
+            format!(
+                "DROP PUBLICATION {0}; then {1}",
+                crate::ident::quote_identifier(pubname),
+                admin_sql::create_publication_sql(pubname, &source.tables)
+            ),
         )
     } else if !publishes_inserts {
         CheckLine::fail(
             name,
             "does not publish inserts",
-            format!("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')", crate::ident::quote_identifier(pubname)),
+            format!(
+                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
+                crate::ident::quote_identifier(pubname)
+            ),
         )
     } else if covered != expected {
         let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
         CheckLine::fail(
             name,
-            format!("covers [{}], expected exactly [{}]", list(&covered), list(&expected)),
+            format!(
+                "covers [{}], expected exactly [{}]",
+                list(&covered),
+                list(&expected)
+            ),
             alter,
         )
     } else {
-        CheckLine::pass(name, format!("covers exactly {}", list_tables(&source.tables)))
+        CheckLine::pass(
+            name,
+            format!("covers exactly {}", list_tables(&source.tables)),
+        )
     })
 }
 
 fn list_tables(tables: &[TableName]) -> String {
-    tables.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 async fn slot(client: &Client, config: &Config) -> Result<CheckLine, AdminError> {
@@ -313,23 +350,39 @@ async fn slot(client: &Client, config: &Config) -> Result<CheckLine, AdminError>
         source.slot
     );
     Ok(match row {
-        None if source.create_slot => {
-            CheckLine::pass(name, "missing; the relay creates it at start (source.create_slot)")
-        }
+        None if source.create_slot => CheckLine::pass(
+            name,
+            "missing; the relay creates it at start (source.create_slot)",
+        ),
         None => CheckLine::fail(
             name,
             "does not exist",
-            format!("SELECT pg_create_logical_replication_slot('{}', 'pgoutput')", source.slot),
+            format!(
+                "SELECT pg_create_logical_replication_slot('{}', 'pgoutput')",
+                source.slot
+            ),
         ),
         Some(row) => {
             let (plugin, same_db, wal_status): (Option<String>, Option<bool>, String) =
                 (row.get(0), row.get(1), row.get(2));
             if plugin.as_deref() != Some("pgoutput") {
-                CheckLine::fail(name, format!("uses plugin {}", plugin.unwrap_or_default()), recreate)
+                CheckLine::fail(
+                    name,
+                    format!("uses plugin {}", plugin.unwrap_or_default()),
+                    recreate,
+                )
             } else if same_db != Some(true) {
-                CheckLine::fail(name, "belongs to another database", "use a slot of the database in source.url, or choose another source.slot")
+                CheckLine::fail(
+                    name,
+                    "belongs to another database",
+                    "use a slot of the database in source.url, or choose another source.slot",
+                )
             } else if wal_status == "lost" {
-                CheckLine::fail(name, "is invalidated (wal_status = lost): required WAL was removed", format!("events may have been missed; {recreate}, then reconcile the outbox"))
+                CheckLine::fail(
+                    name,
+                    "is invalidated (wal_status = lost): required WAL was removed",
+                    format!("events may have been missed; {recreate}, then reconcile the outbox"),
+                )
             } else {
                 CheckLine::pass(name, format!("pgoutput, wal_status {wal_status}"))
             }

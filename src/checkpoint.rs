@@ -50,7 +50,9 @@ struct TxnProgress {
 pub enum CheckpointError {
     #[error("acknowledgement for unknown transaction {0:?}")]
     UnknownTransaction(TxnSeq),
-    #[error("transaction {seq:?} acknowledged {acked} events but only {outstanding} are outstanding")]
+    #[error(
+        "transaction {seq:?} acknowledged {acked} events but only {outstanding} are outstanding"
+    )]
     TooManyAcks {
         seq: TxnSeq,
         acked: u64,

@@ -122,10 +122,7 @@ mod tests {
             validate_slot_name("Outbox"),
             Err(NameError::BadSlotChar('O'))
         );
-        assert_eq!(
-            validate_slot_name("a-b"),
-            Err(NameError::BadSlotChar('-'))
-        );
+        assert_eq!(validate_slot_name("a-b"), Err(NameError::BadSlotChar('-')));
         assert_eq!(
             validate_slot_name(&"a".repeat(64)),
             Err(NameError::TooLong(64))

@@ -37,9 +37,16 @@ fn keepalive_counts_only_when_idle() {
     assert_eq!(cp.flushed(), Lsn(50));
     assert!(!cp.idle_position(Lsn(40)), "never backwards");
     let t = cp.begin();
-    assert!(!cp.idle_position(Lsn(60)), "an open transaction pins the position");
+    assert!(
+        !cp.idle_position(Lsn(60)),
+        "an open transaction pins the position"
+    );
     cp.commit(t, Lsn(70)).unwrap();
-    assert_eq!(cp.flushed(), Lsn(70), "an empty transaction is done at commit");
+    assert_eq!(
+        cp.flushed(),
+        Lsn(70),
+        "an empty transaction is done at commit"
+    );
     assert!(cp.idle_position(Lsn(80)));
 }
 

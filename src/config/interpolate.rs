@@ -82,7 +82,10 @@ mod tests {
     fn debezium_placeholders_are_left_alone() {
         let topic = "outbox.event.${routedByValue}";
         assert_eq!(interpolate(topic, env).unwrap(), topic);
-        assert_eq!(interpolate("${a-b} $ $x ${", env).unwrap(), "${a-b} $ $x ${");
+        assert_eq!(
+            interpolate("${a-b} $ $x ${", env).unwrap(),
+            "${a-b} $ $x ${"
+        );
     }
 
     #[test]

@@ -267,18 +267,21 @@ impl Config {
             }
         })?;
         let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
-            let (key, message) = describe_serde_error(&e.path().to_string(), &e.inner().to_string());
+            let (key, message) =
+                describe_serde_error(&e.path().to_string(), &e.inner().to_string());
             ConfigError::Invalid {
                 file: file.to_owned(),
                 key,
                 message,
             }
         })?;
-        config.validate().map_err(|(key, message)| ConfigError::Invalid {
-            file: file.to_owned(),
-            key: key.to_owned(),
-            message,
-        })?;
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                file: file.to_owned(),
+                key: key.to_owned(),
+                message,
+            })?;
         Ok(config)
     }
 
@@ -304,14 +307,21 @@ impl Config {
         if !(10..=60_000).contains(&source.status_interval_ms) {
             return Err((
                 "source.status_interval_ms",
-                "must be between 10 and 60000; keep it well under the server's wal_sender_timeout".into(),
+                "must be between 10 and 60000; keep it well under the server's wal_sender_timeout"
+                    .into(),
             ));
         }
         if !(1..=65_536).contains(&source.max_batch_events) {
-            return Err(("source.max_batch_events", "must be between 1 and 65536".into()));
+            return Err((
+                "source.max_batch_events",
+                "must be between 1 and 65536".into(),
+            ));
         }
         if !(1..=1_024).contains(&source.channel_capacity_batches) {
-            return Err(("source.channel_capacity_batches", "must be between 1 and 1024".into()));
+            return Err((
+                "source.channel_capacity_batches",
+                "must be between 1 and 1024".into(),
+            ));
         }
         if source.connect_timeout_ms == 0 {
             return Err(("source.connect_timeout_ms", "must be greater than 0".into()));
@@ -326,7 +336,9 @@ impl Config {
     pub fn postgres_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::from_str(&self.source.url)
             .expect("source.url is validated when the config is loaded");
-        config.connect_timeout(std::time::Duration::from_millis(self.source.connect_timeout_ms));
+        config.connect_timeout(std::time::Duration::from_millis(
+            self.source.connect_timeout_ms,
+        ));
         if config.get_application_name().is_none() {
             config.application_name("outbox-relay");
         }

@@ -27,7 +27,10 @@ fn error_line(text: &str) -> String {
 #[test]
 fn minimal_config_gets_the_documented_defaults() {
     let config = parse(MINIMAL).unwrap();
-    assert_eq!(config.source.url, "postgres://relay:pw@127.0.0.1:5432/orders");
+    assert_eq!(
+        config.source.url,
+        "postgres://relay:pw@127.0.0.1:5432/orders"
+    );
     assert!(config.source.create_slot);
     assert!(config.source.create_publication);
     assert_eq!(config.source.status_interval_ms, DEFAULT_STATUS_INTERVAL_MS);
@@ -46,7 +49,10 @@ fn minimal_config_gets_the_documented_defaults() {
 #[test]
 fn unknown_key_is_named() {
     let line = error_line(&format!("{MINIMAL}slott = \"x\"\n"));
-    assert!(line.starts_with("relay.toml: source.slott: unknown key"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.slott: unknown key"),
+        "{line}"
+    );
 }
 
 #[test]
@@ -59,46 +65,83 @@ fn unknown_section_is_named() {
 fn missing_required_key_is_named() {
     let text = MINIMAL.replace("slot = \"outbox_relay\"\n", "");
     let line = error_line(&text);
-    assert_eq!(line, "relay.toml: source.slot: required key is missing; add it");
+    assert_eq!(
+        line,
+        "relay.toml: source.slot: required key is missing; add it"
+    );
 }
 
 #[test]
 fn unset_variable_is_named_with_its_key() {
     let text = MINIMAL.replace("PGPASSWORD", "RELAY_DB_PASSWORD");
     let line = error_line(&text);
-    assert!(line.starts_with("relay.toml: source.url: environment variable RELAY_DB_PASSWORD is not set"), "{line}");
+    assert!(
+        line.starts_with(
+            "relay.toml: source.url: environment variable RELAY_DB_PASSWORD is not set"
+        ),
+        "{line}"
+    );
 }
 
 #[test]
 fn invalid_names_are_reported_with_their_key() {
     let line = error_line(&MINIMAL.replace("slot = \"outbox_relay\"", "slot = \"Outbox-Relay\""));
-    assert!(line.starts_with("relay.toml: source.slot: slot name \"Outbox-Relay\""), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.slot: slot name \"Outbox-Relay\""),
+        "{line}"
+    );
     let line = error_line(&MINIMAL.replace("public.outbox", "outbox"));
-    assert!(line.starts_with("relay.toml: source.tables[0]: table \"outbox\" must be written as schema.table"), "{line}");
-    let line = error_line(&MINIMAL.replace("publication = \"outbox_relay\"", "publication = \"x; drop\""));
-    assert!(line.starts_with("relay.toml: source.publication:"), "{line}");
+    assert!(
+        line.starts_with(
+            "relay.toml: source.tables[0]: table \"outbox\" must be written as schema.table"
+        ),
+        "{line}"
+    );
+    let line = error_line(&MINIMAL.replace(
+        "publication = \"outbox_relay\"",
+        "publication = \"x; drop\"",
+    ));
+    assert!(
+        line.starts_with("relay.toml: source.publication:"),
+        "{line}"
+    );
 }
 
 #[test]
 fn constraints_name_key_and_limit() {
     let line = error_line(&MINIMAL.replace("tables = [\"public.outbox\"]", "tables = []"));
-    assert!(line.starts_with("relay.toml: source.tables: must list at least one"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.tables: must list at least one"),
+        "{line}"
+    );
     let line = error_line(&format!("{MINIMAL}status_interval_ms = 0\n"));
-    assert!(line.starts_with("relay.toml: source.status_interval_ms: must be between"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.status_interval_ms: must be between"),
+        "{line}"
+    );
     let line = error_line(&MINIMAL.replace("postgres://relay", "postgres://[bad"));
-    assert!(line.starts_with("relay.toml: source.url: not a valid PostgreSQL connection URL"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.url: not a valid PostgreSQL connection URL"),
+        "{line}"
+    );
 }
 
 #[test]
 fn syntax_error_gives_the_line() {
     let line = error_line("[source]\nurl = \n");
-    assert!(line.starts_with("relay.toml: TOML syntax error at line 2"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: TOML syntax error at line 2"),
+        "{line}"
+    );
 }
 
 #[test]
 fn wrong_type_is_named() {
     let line = error_line(&format!("{MINIMAL}create_slot = \"yes\"\n"));
-    assert!(line.starts_with("relay.toml: source.create_slot: invalid type"), "{line}");
+    assert!(
+        line.starts_with("relay.toml: source.create_slot: invalid type"),
+        "{line}"
+    );
 }
 
 /// Every shipped example must load, so the docs can't drift from the code.

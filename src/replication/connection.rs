@@ -54,11 +54,9 @@ impl ReplicationConnection {
     pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
         match config.get_ssl_mode() {
             SslMode::Disable | SslMode::Prefer => {}
-            other => {
-                return Err(ReplicationError::Unsupported(format!(
-                    "sslmode={other:?} is not supported by this build; use sslmode=disable or prefer"
-                )))
-            }
+            other => return Err(ReplicationError::Unsupported(format!(
+                "sslmode={other:?} is not supported by this build; use sslmode=disable or prefer"
+            ))),
         }
         let transport = open_transport(config).await?;
         let (read, write) = tokio::io::split(transport);
@@ -141,7 +139,9 @@ impl ReplicationConnection {
         match self.next_message().await? {
             Message::AuthenticationOk => Ok(()),
             Message::ErrorResponse(body) => Err(server_error(&body)),
-            _ => Err(ReplicationError::Protocol("expected AuthenticationOk".into())),
+            _ => Err(ReplicationError::Protocol(
+                "expected AuthenticationOk".into(),
+            )),
         }
     }
 
@@ -205,9 +205,9 @@ impl ReplicationConnection {
         let field = |i: usize| row[i].clone().unwrap_or_default();
         Ok(SystemIdentity {
             system_id: field(0),
-            timeline: field(1)
-                .parse()
-                .map_err(|_| ReplicationError::Protocol("bad timeline in IDENTIFY_SYSTEM".into()))?,
+            timeline: field(1).parse().map_err(|_| {
+                ReplicationError::Protocol("bad timeline in IDENTIFY_SYSTEM".into())
+            })?,
             xlog_position: field(2)
                 .parse()
                 .map_err(|_| ReplicationError::Protocol("bad xlogpos in IDENTIFY_SYSTEM".into()))?,
@@ -234,7 +234,13 @@ impl ReplicationConnection {
         frontend::query(&sql, &mut self.buf)?;
         self.flush().await?;
         loop {
-            match self.reader.next().await.transpose()?.ok_or(ReplicationError::Closed)? {
+            match self
+                .reader
+                .next()
+                .await
+                .transpose()?
+                .ok_or(ReplicationError::Closed)?
+            {
                 BackendMessage::CopyBothResponse => break,
                 BackendMessage::Other(Message::ErrorResponse(body)) => {
                     return Err(server_error(&body))
@@ -265,7 +271,10 @@ impl ReplicationConnection {
 async fn open_transport(
     config: &tokio_postgres::Config,
 ) -> Result<Box<dyn Transport>, ReplicationError> {
-    let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+    let timeout = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
     let ports = config.get_ports();
     let mut last_error = None;
     for (i, host) in config.get_hosts().iter().enumerate() {
@@ -277,32 +286,33 @@ async fn open_transport(
                 (path.display().to_string(), Some(path))
             }
         };
-        let connect = async {
-            match &attempt {
-                None => {
-                    let stream = tokio::net::TcpStream::connect(&address).await?;
-                    stream.set_nodelay(true)?;
-                    Ok::<Box<dyn Transport>, std::io::Error>(Box::new(stream))
+        let connect =
+            async {
+                match &attempt {
+                    None => {
+                        let stream = tokio::net::TcpStream::connect(&address).await?;
+                        stream.set_nodelay(true)?;
+                        Ok::<Box<dyn Transport>, std::io::Error>(Box::new(stream))
+                    }
+                    Some(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)
+                        as Box<dyn Transport>),
                 }
-                Some(path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?) as Box<dyn Transport>),
-            }
-        };
+            };
         match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(stream)) => return Ok(stream),
             Ok(Err(source)) => last_error = Some(ReplicationError::Connect { address, source }),
             Err(_) => last_error = Some(ReplicationError::ConnectTimeout { address }),
         }
     }
-    Err(last_error.unwrap_or_else(|| ReplicationError::Unsupported("source.url names no host".into())))
+    Err(last_error
+        .unwrap_or_else(|| ReplicationError::Unsupported("source.url names no host".into())))
 }
 
 /// The text of each column of a `DataRow` (`None` for NULL).
 fn text_columns(body: &DataRowBody) -> Result<Vec<Option<String>>, ReplicationError> {
     let buffer = body.buffer();
     body.ranges()
-        .map(|range| {
-            Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()))
-        })
+        .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
         .collect()
         .map_err(ReplicationError::Io)
 }

@@ -118,7 +118,10 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert!(server("55006").is_retryable(), "slot in use by another relay");
+        assert!(
+            server("55006").is_retryable(),
+            "slot in use by another relay"
+        );
         assert!(server("57P01").is_retryable(), "admin shutdown");
         assert!(server("XX000").is_retryable(), "unknown defaults to retry");
         assert!(!server("42704").is_retryable(), "missing slot");

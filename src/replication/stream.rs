@@ -81,7 +81,10 @@ impl ReplicationStream {
         use futures_util::FutureExt;
         loop {
             let message = self.reader.next().now_or_never()?.transpose();
-            match message.map_err(ReplicationError::from).and_then(|m| self.interpret(m)) {
+            match message
+                .map_err(ReplicationError::from)
+                .and_then(|m| self.interpret(m))
+            {
                 Ok(None) => continue,
                 Ok(Some(parsed)) => return Some(Ok(parsed)),
                 Err(e) => return Some(Err(e)),
@@ -110,7 +113,12 @@ impl ReplicationStream {
         status: StandbyStatus,
         reply_requested: bool,
     ) -> Result<(), ReplicationError> {
-        encode_status(&status, postgres_now_micros(), reply_requested, &mut self.buf);
+        encode_status(
+            &status,
+            postgres_now_micros(),
+            reply_requested,
+            &mut self.buf,
+        );
         self.writer.write_all(&self.buf).await?;
         self.buf.clear();
         Ok(())

@@ -133,7 +133,10 @@ impl Source {
 
     /// Sends the current batch downstream, heartbeating while the channel is full.
     /// Returns false when the receiver is gone.
-    async fn hand_over(&mut self, events: &mpsc::Sender<EventBatch>) -> Result<bool, ReplicationError> {
+    async fn hand_over(
+        &mut self,
+        events: &mpsc::Sender<EventBatch>,
+    ) -> Result<bool, ReplicationError> {
         if self.batch.is_empty() {
             return Ok(true);
         }
@@ -165,10 +168,11 @@ impl Source {
                 ..
             } => {
                 self.received = self.received.max(wal_end);
-                let decoded = pgoutput::decode(data).map_err(|source| ReplicationError::Decode {
-                    lsn: wal_start,
-                    source,
-                })?;
+                let decoded =
+                    pgoutput::decode(data).map_err(|source| ReplicationError::Decode {
+                        lsn: wal_start,
+                        source,
+                    })?;
                 self.apply(decoded)
             }
             ReplicationMessage::Keepalive {
@@ -177,6 +181,7 @@ impl Source {
                 ..
             } => {
                 self.received = self.received.max(wal_end);
+                debug!(wal_end = %wal_end, reply_requested, "keepalive");
                 // Events still in `self.batch` belong to registered transactions, so the
                 // checkpoint is not idle while any of them is unsent.
                 self.register_current_events();
@@ -267,10 +272,11 @@ impl Source {
     }
 
     fn relation(&self, oid: pgoutput::Oid) -> Result<Arc<pgoutput::Relation>, ReplicationError> {
-        self.relations
-            .get(oid)
-            .cloned()
-            .ok_or_else(|| protocol(&format!("change for relation {oid} before its Relation message")))
+        self.relations.get(oid).cloned().ok_or_else(|| {
+            protocol(&format!(
+                "change for relation {oid} before its Relation message"
+            ))
+        })
     }
 
     /// Tells the checkpoint about the open transaction's events before they leave.

@@ -12,8 +12,10 @@ use tokio::time::Instant;
 
 use crate::replication::Lsn;
 
-/// Shortest gap between two status updates sent because of progress.
-pub const MIN_STATUS_GAP: Duration = Duration::from_millis(100);
+/// Shortest gap between two status updates sent because of progress. Short enough that a
+/// burst of WAL elsewhere (hundreds of MB/s on a fast disk) is confirmed within a few MB;
+/// long enough to cap updates at 50 a second under a constant stream of acknowledgements.
+pub const MIN_STATUS_GAP: Duration = Duration::from_millis(20);
 
 /// The schedule of standby status updates.
 #[derive(Debug, Clone)]
@@ -69,10 +71,18 @@ mod tests {
         assert_eq!(s.due(), start + Duration::from_secs(1));
 
         s.progressed(Lsn(10), start);
-        assert_eq!(s.due(), start + Duration::from_secs(1), "no news, no update");
+        assert_eq!(
+            s.due(),
+            start + Duration::from_secs(1),
+            "no news, no update"
+        );
 
         s.progressed(Lsn(20), start);
-        assert_eq!(s.due(), start + MIN_STATUS_GAP, "rate-limited after the last send");
+        assert_eq!(
+            s.due(),
+            start + MIN_STATUS_GAP,
+            "rate-limited after the last send"
+        );
 
         tokio::time::advance(Duration::from_millis(150)).await;
         let now = Instant::now();

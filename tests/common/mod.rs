@@ -1,0 +1,141 @@
+//! Shared pieces of the integration tests: a real PostgreSQL ([`pg`]) and helpers to run
+//! the relay's source against it.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::path::Path;
+use std::time::Duration;
+
+use outbox_relay::checkpoint::SharedCheckpoint;
+use outbox_relay::config::Config;
+use outbox_relay::replication::pgoutput::{ColumnValue, Relation, TupleData};
+use outbox_relay::replication::{Lsn, ReplicationError};
+use outbox_relay::source::{EventBatch, Source, SourceSettings};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+/// Debezium's outbox table, as the relay expects it by default.
+pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
+    id uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload jsonb NOT NULL
+)";
+
+/// A relay config for `db` on `cluster`, streaming `public.outbox` through `slot`.
+pub fn relay_config(cluster: &pg::PgCluster, db: &str, slot: &str) -> Config {
+    let text = format!(
+        r#"
+[source]
+url = "{url}"
+slot = "{slot}"
+publication = "{slot}_pub"
+tables = ["public.outbox"]
+status_interval_ms = 200
+"#,
+        url = cluster.url(db)
+    );
+    Config::from_toml(&text, Path::new("test.toml"), |_| None).expect("test config is valid")
+}
+
+/// A running source: its batches, its checkpoint and its task.
+pub struct RunningSource {
+    pub events: mpsc::Receiver<EventBatch>,
+    pub checkpoint: SharedCheckpoint,
+    pub task: JoinHandle<Result<(), ReplicationError>>,
+}
+
+/// Creates the publication and slot for `config`, connects and starts streaming.
+pub async fn start_source(config: &Config) -> RunningSource {
+    init_logging();
+    let admin = outbox_relay::admin_sql::connect(config)
+        .await
+        .expect("admin connection");
+    outbox_relay::admin_sql::prepare(&admin, config)
+        .await
+        .expect("prepare publication and slot");
+    let (source, checkpoint) = Source::connect(
+        &config.postgres_config(),
+        SourceSettings::from_config(config),
+    )
+    .await
+    .expect("source connects");
+    let (tx, events) = mpsc::channel(config.source.channel_capacity_batches);
+    let task = tokio::spawn(source.run(tx));
+    RunningSource {
+        events,
+        checkpoint,
+        task,
+    }
+}
+
+/// The text of column `name` of `row`, `None` for NULL.
+pub fn column_text(relation: &Relation, row: &TupleData, name: &str) -> Option<String> {
+    let index = relation
+        .column_index(name)
+        .unwrap_or_else(|| panic!("no column {name}"));
+    match &row.columns[index] {
+        ColumnValue::Text(bytes) => Some(String::from_utf8(bytes.to_vec()).expect("utf-8 column")),
+        ColumnValue::Null => None,
+        other => panic!("column {name} is {other:?}, expected text"),
+    }
+}
+
+/// The slot's `confirmed_flush_lsn`.
+pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn {
+    let row = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .expect("slot exists");
+    row.get::<_, String>(0).parse().expect("lsn")
+}
+
+/// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
+/// Polling an observable condition is the synchronisation; the pause only spaces the polls.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A tiny deterministic PRNG (xorshift64*), so test workloads are reproducible.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn between(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// Logs to the test's captured output, filtered by `RUST_LOG` (off by default).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
