@@ -257,7 +257,7 @@ impl Config {
                 line: e
                     .span()
                     .map_or(0, |span| text[..span.start].lines().count().max(1)),
-                message: e.message().to_owned(),
+                message: e.message().trim().replace('\n', "; "),
             })?;
         interpolate_strings(&mut value, &mut String::new(), &env).map_err(|(key, source)| {
             ConfigError::Unset {
@@ -382,9 +382,14 @@ fn interpolate_strings(
 
 /// Turns serde's "unknown field `x`" / "missing field `x`" at `path` into the full key.
 fn describe_serde_error(path: &str, message: &str) -> (String, String) {
+    // serde_path_to_error sometimes already ends the path with the field; toml appends
+    // "in `table`" on a second line. Keep one line and name the key once.
+    let message = message.lines().next().unwrap_or_default();
     let join = |field: &str| {
         if path == "." || path.is_empty() {
             field.to_owned()
+        } else if path == field || path.ends_with(&format!(".{field}")) {
+            path.to_owned()
         } else {
             format!("{path}.{field}")
         }

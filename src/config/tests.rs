@@ -119,7 +119,7 @@ fn constraints_name_key_and_limit() {
         line.starts_with("relay.toml: source.status_interval_ms: must be between"),
         "{line}"
     );
-    let line = error_line(&MINIMAL.replace("postgres://relay", "postgres://[bad"));
+    let line = error_line(&MINIMAL.replace("127.0.0.1:5432", "127.0.0.1:notaport"));
     assert!(
         line.starts_with("relay.toml: source.url: not a valid PostgreSQL connection URL"),
         "{line}"

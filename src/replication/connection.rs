@@ -54,9 +54,11 @@ impl ReplicationConnection {
     pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
         match config.get_ssl_mode() {
             SslMode::Disable | SslMode::Prefer => {}
-            other => return Err(ReplicationError::Unsupported(format!(
+            other => {
+                return Err(ReplicationError::Unsupported(format!(
                 "sslmode={other:?} is not supported by this build; use sslmode=disable or prefer"
-            ))),
+            )))
+            }
         }
         let transport = open_transport(config).await?;
         let (read, write) = tokio::io::split(transport);
