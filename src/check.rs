@@ -86,7 +86,8 @@ async fn checks(client: &Client, config: &Config) -> Result<Vec<CheckLine>, Admi
         role(client).await?,
     ];
     for table in &config.source.tables {
-        lines.push(table_columns(client, table, &config.outbox.required_columns()).await?);
+        let mapping = config.outbox.mapping_for(table);
+        lines.push(table_columns(client, table, &mapping.required_columns()).await?);
     }
     lines.push(publication(client, config).await?);
     lines.push(slot(client, config).await?);

@@ -140,6 +140,17 @@ impl Checkpoint {
         Ok(self.advance())
     }
 
+    /// Resumes on a new replication connection that starts at `start` (at least the
+    /// current flush LSN). Call only when nothing is in flight: transactions left open by
+    /// the old connection hold no events and will be sent again in full, so they are
+    /// forgotten; sequence numbers go on from where they were.
+    pub fn resume(&mut self, start: Lsn) {
+        debug_assert_eq!(self.in_flight_events, 0, "resume with events in flight");
+        self.first_seq += self.pending.len() as u64;
+        self.pending.clear();
+        self.flushed = self.flushed.max(start);
+    }
+
     /// A keepalive reported `wal_end`. With nothing pending, everything before it is handled.
     pub fn idle_position(&mut self, wal_end: Lsn) -> bool {
         if self.pending.is_empty() && wal_end > self.flushed {
@@ -184,34 +195,65 @@ impl Checkpoint {
 /// acknowledge it), plus a wake-up for the source when the flush LSN moves.
 #[derive(Debug, Clone)]
 pub struct SharedCheckpoint {
-    inner: Arc<(Mutex<Checkpoint>, Notify)>,
+    inner: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<Checkpoint>,
+    /// The flush LSN moved.
+    advanced: Notify,
+    /// In-flight events reached zero.
+    drained: Notify,
 }
 
 impl SharedCheckpoint {
     pub fn new(flushed: Lsn) -> Self {
         SharedCheckpoint {
-            inner: Arc::new((Mutex::new(Checkpoint::new(flushed)), Notify::new())),
+            inner: Arc::new(Shared {
+                state: Mutex::new(Checkpoint::new(flushed)),
+                advanced: Notify::new(),
+                drained: Notify::new(),
+            }),
         }
     }
 
     /// Locks the state. Never hold the guard across an `.await`.
     pub fn lock(&self) -> MutexGuard<'_, Checkpoint> {
         // A panic while holding the lock leaves the counts as they were: still safe.
-        self.inner.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Acknowledges `count` events of `seq`; wakes the source when the flush LSN moved.
     pub fn ack(&self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
-        let moved = self.lock().ack(seq, count)?;
+        let (moved, drained) = {
+            let mut state = self.lock();
+            let moved = state.ack(seq, count)?;
+            (moved, state.in_flight_events() == 0)
+        };
         if moved {
-            self.inner.1.notify_one();
+            self.inner.advanced.notify_one();
+        }
+        if drained {
+            self.inner.drained.notify_waiters();
         }
         Ok(())
     }
 
     /// Resolves after an acknowledgement moved the flush LSN (or already has, unobserved).
     pub async fn advanced(&self) {
-        self.inner.1.notified().await;
+        self.inner.advanced.notified().await;
+    }
+
+    /// Resolves once no event is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.inner.drained.notified();
+            if self.lock().in_flight_events() == 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     pub fn flushed(&self) -> Lsn {

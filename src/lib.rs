@@ -12,11 +12,20 @@
 //! - [`checkpoint`]: what may be acknowledged (the flush LSN) — the acknowledgement rule.
 //! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
+//! - [`outbox`]: a row change → the Kafka record it becomes (Debezium-compatible routing).
+//! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements.
+//! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
+//! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], graceful stop.
 
 pub mod admin_sql;
+pub mod backoff;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod ident;
+pub mod kafka;
+pub mod outbox;
+pub mod pipeline;
 pub mod replication;
 pub mod source;
+pub mod tail;

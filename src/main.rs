@@ -1,10 +1,12 @@
 //! The `outbox-relay` binary: parse the command line, load the config, init logging, run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use outbox_relay::config::Config;
+use tokio_util::sync::CancellationToken;
 
 /// Relays PostgreSQL transactional-outbox rows to Kafka over logical replication.
 #[derive(Debug, Parser)]
@@ -16,6 +18,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Stream outbox rows to Kafka until SIGTERM/SIGINT (graceful; a second signal exits
+    /// at once). Exits non-zero on a failure an operator must fix, with the fix.
+    Run {
+        /// The relay's TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Check every database prerequisite (wal_level, slots, role, tables, publication),
     /// printing one line each with the fix for what fails. Exits 1 if any fails.
     Check {
@@ -23,17 +32,26 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Print the records on Kafka topics (from the beginning), one line each.
+    Tail {
+        /// The relay's TOML config file (for [kafka]).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Topics to read.
+        #[arg(long = "topic", required = true)]
+        topics: Vec<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Stop after this many milliseconds without a record.
+        #[arg(long, default_value_t = 5_000)]
+        idle_timeout_ms: u64,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,17 +63,87 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => runtime.block_on(check(config)),
+        Command::Run { config } => runtime.block_on(run(&config)),
+        Command::Check { config } => runtime.block_on(check(&config)),
+        Command::Tail {
+            config,
+            topics,
+            max,
+            idle_timeout_ms,
+        } => runtime.block_on(tail(&config, topics, max, idle_timeout_ms)),
     }
 }
 
-async fn check(path: PathBuf) -> ExitCode {
-    let config = match Config::load(&path) {
+/// Plain text on stderr; JSON when `OUTBOX_RELAY_LOG_FORMAT=json`. `RUST_LOG` sets the level.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("OUTBOX_RELAY_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn run(path: &Path) -> ExitCode {
+    let config = match load(path) {
         Ok(config) => config,
+        Err(code) => return code,
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signals(shutdown.clone()));
+    match outbox_relay::pipeline::run(config, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            tracing::error!(error = %e, "relay stopped");
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            ExitCode::FAILURE
         }
+    }
+}
+
+/// First SIGTERM/SIGINT: graceful stop. Second: exit at once; nothing unsafe was ever
+/// acknowledged, so undelivered events are simply sent again after the restart.
+async fn stop_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    for count in 0.. {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        if count == 0 {
+            tracing::info!(
+                "shutting down: finishing in-flight deliveries (signal again to exit now)"
+            );
+            shutdown.cancel();
+        } else {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(130);
+        }
+    }
+}
+
+async fn check(path: &Path) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
     };
     let lines = outbox_relay::check::run(&config).await;
     for line in &lines {
@@ -65,5 +153,36 @@ async fn check(path: PathBuf) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+async fn tail(
+    path: &Path,
+    topics: Vec<String>,
+    max: Option<usize>,
+    idle_timeout_ms: u64,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(kafka) = config.kafka else {
+        eprintln!(
+            "error: {}: kafka: required section is missing; add [kafka] with bootstrap_servers",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let options = outbox_relay::tail::TailOptions {
+        topics,
+        max_records: max,
+        idle_timeout: Duration::from_millis(idle_timeout_ms),
+    };
+    match outbox_relay::tail::tail(&kafka, &options, |line| println!("{line}")).await {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -3,7 +3,6 @@
 #[path = "common/pg.rs"]
 mod pg;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -89,40 +88,41 @@ async fn private_cluster_honours_options_and_restarts() {
     let postmaster = postmaster_pid(&data);
     drop(pg);
     assert!(!data.exists(), "data dir left behind");
-    assert!(
-        !Path::new(&format!("/proc/{postmaster}")).exists(),
-        "postmaster {postmaster} survived drop"
-    );
+    assert!(!alive(postmaster), "postmaster {postmaster} survived drop");
 }
 
 /// Runs `watchdog_child` in a child process, SIGKILLs it, and expects the
 /// watchdog to stop its cluster and delete the data directory.
 #[test]
 fn watchdog_reaps_cluster_of_killed_process() {
+    let handoff = tempfile::tempdir().unwrap();
+    let data_file = handoff.path().join("data_dir");
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "watchdog_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PG_HARNESS_WATCHDOG_CHILD", "1")
-        .stdout(Stdio::piped())
+        .args(["--exact", "watchdog_child", "--ignored", "--test-threads=1"])
+        .env("PG_HARNESS_WATCHDOG_CHILD", &data_file)
+        .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let data = stdout
-        .lines()
-        .map(|l| l.unwrap())
-        .find_map(|l| l.strip_prefix("DATA_DIR=").map(PathBuf::from))
-        .expect("child printed no DATA_DIR");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let data = loop {
+        if let Ok(dir) = std::fs::read_to_string(&data_file) {
+            break PathBuf::from(dir);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("watchdog_child exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("watchdog_child did not start a cluster in time");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let postmaster = postmaster_pid(&data);
     child.kill().unwrap(); // SIGKILL: no destructors run.
     child.wait().unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while data.exists() || Path::new(&format!("/proc/{postmaster}")).exists() {
+    while data.exists() || alive(postmaster) {
         assert!(
             Instant::now() < deadline,
             "watchdog did not reap {}",
@@ -135,11 +135,13 @@ fn watchdog_reaps_cluster_of_killed_process() {
 #[test]
 #[ignore = "run by watchdog_reaps_cluster_of_killed_process"]
 fn watchdog_child() {
-    if std::env::var_os("PG_HARNESS_WATCHDOG_CHILD").is_none() {
+    let Some(data_file) = std::env::var_os("PG_HARNESS_WATCHDOG_CHILD") else {
         return;
-    }
+    };
     let pg = PgCluster::shared();
-    println!("DATA_DIR={}", pg.data_dir().display());
+    let tmp = PathBuf::from(&data_file).with_extension("tmp");
+    std::fs::write(&tmp, pg.data_dir().to_str().unwrap()).unwrap();
+    std::fs::rename(&tmp, &data_file).unwrap(); // Atomic: the parent never reads half a path.
     loop {
         std::thread::park(); // Wait to be killed.
     }
@@ -148,4 +150,16 @@ fn watchdog_child() {
 fn postmaster_pid(data: &Path) -> u32 {
     let pid_file = std::fs::read_to_string(data.join("postmaster.pid")).expect("postmaster.pid");
     pid_file.lines().next().unwrap().trim().parse().unwrap()
+}
+
+/// Whether `pid` is a live process. Zombies count as dead: in some containers
+/// PID 1 never reaps the orphaned postmaster.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit(") ").next().and_then(|s| s.chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
 }

@@ -12,8 +12,10 @@ use bytes::Bytes;
 use common::pg::PgCluster;
 use common::{column_text, confirmed_flush, relay_config, start_source, wait_for, Rng, OUTBOX_DDL};
 use futures_util::SinkExt;
+use outbox_relay::checkpoint::SharedCheckpoint;
 use outbox_relay::replication::{Lsn, ReplicationError};
 use outbox_relay::source::{Change, Source, SourceSettings};
+use tokio_util::sync::CancellationToken;
 
 const WRITERS: usize = 4;
 const ROWS_PER_WRITER: usize = 2_500;
@@ -359,10 +361,14 @@ async fn server_errors_carry_their_sqlstate() {
 
     // A second consumer of the same slot: object_in_use, retryable (a standby waits).
     let settings = SourceSettings::from_config(&config);
-    let err = Source::connect(&config.postgres_config(), settings.clone())
-        .await
-        .err()
-        .expect("slot is in use");
+    let err = Source::connect(
+        &config.postgres_config(),
+        settings.clone(),
+        &SharedCheckpoint::new(Lsn::ZERO),
+    )
+    .await
+    .err()
+    .expect("slot is in use");
     assert_eq!(err.sqlstate(), Some("55006"), "{err}");
     assert!(err.is_retryable());
     assert!(err.to_string().contains("errors_slot"), "{err}");
@@ -373,14 +379,17 @@ async fn server_errors_carry_their_sqlstate() {
         publication: "no_such_pub".into(),
         ..settings
     };
-    let (source, _checkpoint) =
-        wait_for("the slot to be released", Duration::from_secs(10), || {
-            let (pg, missing) = (config.postgres_config(), missing.clone());
-            async move { Source::connect(&pg, missing).await.ok() }
-        })
-        .await;
+    let source = wait_for("the slot to be released", Duration::from_secs(10), || {
+        let (pg, missing) = (config.postgres_config(), missing.clone());
+        async move {
+            Source::connect(&pg, missing, &SharedCheckpoint::new(Lsn::ZERO))
+                .await
+                .ok()
+        }
+    })
+    .await;
     let (tx, _rx) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(source.run(tx));
+    let task = tokio::spawn(source.run(tx, CancellationToken::new(), Duration::from_secs(1)));
     admin
         .batch_execute("INSERT INTO outbox VALUES (gen_random_uuid(), 'a', '1', 't', '{}')")
         .await

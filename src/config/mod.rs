@@ -10,6 +10,7 @@
 
 pub mod interpolate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -27,6 +28,12 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1_024;
 pub const DEFAULT_CHANNEL_CAPACITY_BATCHES: usize = 16;
 /// Default for `source.connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default for `source.shutdown_timeout_ms`.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default for `kafka.topic_partitions` of created topics: the broker's default.
+pub const DEFAULT_TOPIC_PARTITIONS: i32 = -1;
+/// Default for `kafka.topic_replication_factor` of created topics: the broker's default.
+pub const DEFAULT_TOPIC_REPLICATION_FACTOR: i32 = -1;
 /// Debezium's default outbox columns and topic template.
 pub const DEFAULT_ID_COLUMN: &str = "id";
 pub const DEFAULT_KEY_COLUMN: &str = "aggregateid";
@@ -41,6 +48,8 @@ pub struct Config {
     pub source: SourceConfig,
     #[serde(default)]
     pub outbox: OutboxConfig,
+    /// Required by `run`; `check` does not need it.
+    pub kafka: Option<KafkaConfig>,
 }
 
 /// `[source]`: where the outbox rows come from.
@@ -67,6 +76,9 @@ pub struct SourceConfig {
     pub channel_capacity_batches: usize,
     #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
+    /// On SIGTERM, how long to wait for in-flight deliveries before exiting.
+    #[serde(default = "default_shutdown_timeout_ms")]
+    pub shutdown_timeout_ms: u64,
 }
 
 /// `[outbox]`: how an outbox row maps to a Kafka record (Debezium-compatible defaults).
@@ -84,6 +96,60 @@ pub struct OutboxConfig {
     pub route_by_field: Identifier,
     #[serde(default = "default_topic_template")]
     pub topic: String,
+    /// More columns sent as Kafka headers, e.g. `type` as header `eventType`.
+    #[serde(default)]
+    pub additional_headers: Vec<HeaderColumn>,
+    /// Per-table overrides of the keys above, by `schema.table`.
+    #[serde(default)]
+    pub tables: BTreeMap<String, OutboxOverride>,
+}
+
+/// A column placed in a Kafka header.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderColumn {
+    pub column: Identifier,
+    /// The header's name; the column's name when absent.
+    pub header: Option<String>,
+}
+
+impl HeaderColumn {
+    pub fn header_name(&self) -> &str {
+        self.header.as_deref().unwrap_or(self.column.as_str())
+    }
+}
+
+/// `[outbox.tables."schema.table"]`: what differs for one outbox table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxOverride {
+    pub id_column: Option<Identifier>,
+    pub key_column: Option<Identifier>,
+    pub payload_column: Option<Identifier>,
+    pub route_by_field: Option<Identifier>,
+    pub topic: Option<String>,
+    pub additional_headers: Option<Vec<HeaderColumn>>,
+}
+
+/// `[kafka]`: where events go and how the producer behaves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list.
+    pub bootstrap_servers: String,
+    /// Create missing topics through the admin API (many brokers do not auto-create).
+    #[serde(default = "yes")]
+    pub create_topics: bool,
+    /// Partitions of created topics; -1 takes the broker's default.
+    #[serde(default = "default_topic_partitions")]
+    pub topic_partitions: i32,
+    /// Replication factor of created topics; -1 takes the broker's default.
+    #[serde(default = "default_topic_replication_factor")]
+    pub topic_replication_factor: i32,
+    /// librdkafka producer properties, passed through; those that would weaken the
+    /// relay's guarantees are rejected (see [`crate::kafka::properties`]).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
 }
 
 impl Default for OutboxConfig {
@@ -94,22 +160,64 @@ impl Default for OutboxConfig {
             payload_column: default_payload_column(),
             route_by_field: default_route_by_field(),
             topic: default_topic_template(),
+            additional_headers: Vec::new(),
+            tables: BTreeMap::new(),
         }
     }
 }
 
-impl OutboxConfig {
-    /// Columns every outbox table must have for rows to be routed.
+/// The outbox mapping of one table: the defaults with that table's overrides applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableMapping {
+    pub id_column: Identifier,
+    pub key_column: Identifier,
+    pub payload_column: Identifier,
+    pub route_by_field: Identifier,
+    pub topic: String,
+    pub additional_headers: Vec<HeaderColumn>,
+}
+
+/// The placeholder in topic templates, as in Debezium's `route.topic.replacement`.
+pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
+
+impl TableMapping {
+    /// Columns the table must have for its rows to be routed.
     pub fn required_columns(&self) -> Vec<&str> {
         let mut columns = vec![
             self.id_column.as_str(),
             self.key_column.as_str(),
             self.payload_column.as_str(),
         ];
-        if self.topic.contains("${routedByValue}") {
+        if self.topic.contains(ROUTED_BY_VALUE) {
             columns.push(self.route_by_field.as_str());
         }
+        columns.extend(self.additional_headers.iter().map(|h| h.column.as_str()));
         columns
+    }
+}
+
+impl OutboxConfig {
+    /// The mapping for `table`: defaults, then `[outbox.tables."schema.table"]`.
+    pub fn mapping_for(&self, table: &TableName) -> TableMapping {
+        let o = self
+            .tables
+            .get(&table.to_string())
+            .cloned()
+            .unwrap_or_default();
+        TableMapping {
+            id_column: o.id_column.unwrap_or_else(|| self.id_column.clone()),
+            key_column: o.key_column.unwrap_or_else(|| self.key_column.clone()),
+            payload_column: o
+                .payload_column
+                .unwrap_or_else(|| self.payload_column.clone()),
+            route_by_field: o
+                .route_by_field
+                .unwrap_or_else(|| self.route_by_field.clone()),
+            topic: o.topic.unwrap_or_else(|| self.topic.clone()),
+            additional_headers: o
+                .additional_headers
+                .unwrap_or_else(|| self.additional_headers.clone()),
+        }
     }
 }
 
@@ -127,6 +235,15 @@ fn default_channel_capacity_batches() -> usize {
 }
 fn default_connect_timeout_ms() -> u64 {
     DEFAULT_CONNECT_TIMEOUT_MS
+}
+fn default_shutdown_timeout_ms() -> u64 {
+    DEFAULT_SHUTDOWN_TIMEOUT_MS
+}
+fn default_topic_partitions() -> i32 {
+    DEFAULT_TOPIC_PARTITIONS
+}
+fn default_topic_replication_factor() -> i32 {
+    DEFAULT_TOPIC_REPLICATION_FACTOR
 }
 fn default_id_column() -> Identifier {
     Identifier(DEFAULT_ID_COLUMN.into())
@@ -328,6 +445,46 @@ impl Config {
         }
         if self.outbox.topic.is_empty() {
             return Err(("outbox.topic", "must not be empty".into()));
+        }
+        for (name, table) in &self.outbox.tables {
+            let known = name
+                .parse::<TableName>()
+                .is_ok_and(|t| source.tables.contains(&t));
+            if !known {
+                return Err((
+                    "outbox.tables",
+                    format!("overrides {name:?}, which is not listed in source.tables"),
+                ));
+            }
+            if table.topic.as_deref() == Some("") {
+                return Err((
+                    "outbox.tables.topic",
+                    format!("of {name} must not be empty"),
+                ));
+            }
+        }
+        if let Some(kafka) = &self.kafka {
+            if kafka.bootstrap_servers.trim().is_empty() {
+                return Err((
+                    "kafka.bootstrap_servers",
+                    "must list at least one host:port".into(),
+                ));
+            }
+            if kafka.topic_partitions == 0 || kafka.topic_partitions < -1 {
+                return Err((
+                    "kafka.topic_partitions",
+                    "must be positive, or -1 for the broker's default".into(),
+                ));
+            }
+            if kafka.topic_replication_factor == 0 || kafka.topic_replication_factor < -1 {
+                return Err((
+                    "kafka.topic_replication_factor",
+                    "must be positive, or -1 for the broker's default".into(),
+                ));
+            }
+            if let Err(e) = crate::kafka::properties::check_user_properties(&kafka.properties) {
+                return Err(("kafka.properties", e));
+            }
         }
         Ok(())
     }

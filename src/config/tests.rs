@@ -41,7 +41,10 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(config.outbox.route_by_field.as_str(), "aggregatetype");
     assert_eq!(config.outbox.topic, "outbox.event.${routedByValue}");
     assert_eq!(
-        config.outbox.required_columns(),
+        config
+            .outbox
+            .mapping_for(&"public.outbox".parse().unwrap())
+            .required_columns(),
         ["id", "aggregateid", "payload", "aggregatetype"]
     );
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 pub use events::{Change, EventBatch, SourceEvent, TransactionInfo};
@@ -28,6 +29,9 @@ use crate::replication::{
     Lsn, ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
     StandbyStatus,
 };
+
+/// How often shutdown re-checks what is still in flight.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// What the source needs from the config.
 #[derive(Debug, Clone)]
@@ -61,6 +65,8 @@ pub struct Source {
     batch: EventBatch,
     /// Highest WAL position the server has told us about.
     received: Lsn,
+    /// Registered events dropped unsent at shutdown (they will be resent after restart).
+    abandoned_events: u64,
     status: StatusSchedule,
 }
 
@@ -71,28 +77,35 @@ struct OpenTransaction {
 }
 
 impl Source {
-    /// Connects, reads the slot's confirmed position and starts streaming from it.
+    /// Connects and starts streaming where it is safe to: the later of the slot's
+    /// `confirmed_flush_lsn` and what `checkpoint` already confirmed (a status update may
+    /// not have reached the server before a disconnect). The relay thus never reports a
+    /// position behind the server's, and never asks for what it already delivered.
     ///
-    /// Returns the source and the checkpoint, which starts at the slot's
-    /// `confirmed_flush_lsn`, so the relay never reports a position behind the server's.
+    /// `checkpoint` must have nothing in flight (see [`Checkpoint::resume`]).
+    ///
+    /// [`Checkpoint::resume`]: crate::checkpoint::Checkpoint::resume
     pub async fn connect(
         pg: &tokio_postgres::Config,
         settings: SourceSettings,
-    ) -> Result<(Source, SharedCheckpoint), ReplicationError> {
+        checkpoint: &SharedCheckpoint,
+    ) -> Result<Source, ReplicationError> {
         let mut connection = ReplicationConnection::connect(pg).await?;
         let identity = connection.identify_system().await?;
         let confirmed = slot_confirmed_lsn(&mut connection, &settings.slot).await?;
+        let start = confirmed.max(checkpoint.flushed());
         info!(
             slot = %settings.slot,
             confirmed = %confirmed,
+            start = %start,
             server_wal = %identity.xlog_position,
             "starting replication"
         );
         let stream = connection
-            .start_replication(&settings.slot, Lsn::ZERO, &settings.publication)
+            .start_replication(&settings.slot, start, &settings.publication)
             .await?;
-        let checkpoint = SharedCheckpoint::new(confirmed);
-        let source = Source {
+        checkpoint.lock().resume(start);
+        Ok(Source {
             stream,
             status: StatusSchedule::new(settings.status_interval, confirmed, Instant::now()),
             settings,
@@ -100,17 +113,28 @@ impl Source {
             relations: RelationCache::default(),
             current: None,
             batch: Vec::new(),
-            received: confirmed,
-        };
-        Ok((source, checkpoint))
+            received: start,
+            abandoned_events: 0,
+        })
     }
 
-    /// Streams until the connection fails or the receiver is dropped.
-    pub async fn run(mut self, events: mpsc::Sender<EventBatch>) -> Result<(), ReplicationError> {
+    /// Streams until the connection fails, the receiver is dropped, or `shutdown` fires.
+    ///
+    /// On shutdown it stops reading WAL, keeps reporting progress while what is in flight
+    /// is delivered (for at most `drain_timeout`), sends a final status with the last safe
+    /// LSN and closes the connection. Events still in flight then are simply not
+    /// acknowledged: they will be sent again after a restart.
+    pub async fn run(
+        mut self,
+        events: mpsc::Sender<EventBatch>,
+        shutdown: CancellationToken,
+        drain_timeout: Duration,
+    ) -> Result<(), ReplicationError> {
         loop {
             // Timers first: a busy stream must not starve the heartbeat.
             tokio::select! {
                 biased;
+                _ = shutdown.cancelled() => return self.finish(drain_timeout).await,
                 _ = sleep_until(self.status.due()) => self.send_status(false).await?,
                 _ = self.checkpoint.advanced() => {
                     self.status.progressed(self.checkpoint.flushed(), Instant::now());
@@ -123,19 +147,44 @@ impl Source {
                             None => break,
                         }
                     }
-                    if !self.hand_over(&events).await? {
-                        return Ok(());
+                    if !self.hand_over(&events, &shutdown).await? {
+                        return self.finish(drain_timeout).await;
                     }
                 }
             }
         }
     }
 
+    /// Waits for in-flight events (bounded), reports the final position and disconnects.
+    async fn finish(mut self, drain_timeout: Duration) -> Result<(), ReplicationError> {
+        let deadline = Instant::now() + drain_timeout;
+        let checkpoint = self.checkpoint.clone();
+        // Events of a batch abandoned at shutdown were registered but never handed over.
+        while checkpoint.lock().in_flight_events() > self.abandoned_events {
+            tokio::select! {
+                _ = checkpoint.advanced() => {}
+                _ = tokio::time::sleep(DRAIN_POLL) => {}
+                _ = sleep_until(deadline) => {
+                    info!(
+                        in_flight = checkpoint.lock().in_flight_events(),
+                        "shutdown timeout; undelivered events will be sent again after restart"
+                    );
+                    break;
+                }
+                _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+            }
+        }
+        self.send_status(false).await?;
+        info!(flush = %self.checkpoint.flushed(), "replication stopped");
+        self.stream.close().await
+    }
+
     /// Sends the current batch downstream, heartbeating while the channel is full.
-    /// Returns false when the receiver is gone.
+    /// Returns false when the receiver is gone or shutdown began.
     async fn hand_over(
         &mut self,
         events: &mpsc::Sender<EventBatch>,
+        shutdown: &CancellationToken,
     ) -> Result<bool, ReplicationError> {
         if self.batch.is_empty() {
             return Ok(true);
@@ -155,6 +204,10 @@ impl Source {
                     });
                 }
                 _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+                _ = shutdown.cancelled() => {
+                    self.abandoned_events = batch.len() as u64;
+                    return Ok(false);
+                }
             }
         }
     }

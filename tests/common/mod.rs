@@ -14,6 +14,7 @@ use outbox_relay::replication::{Lsn, ReplicationError};
 use outbox_relay::source::{EventBatch, Source, SourceSettings};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Debezium's outbox table, as the relay expects it by default.
 pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
@@ -56,14 +57,16 @@ pub async fn start_source(config: &Config) -> RunningSource {
     outbox_relay::admin_sql::prepare(&admin, config)
         .await
         .expect("prepare publication and slot");
-    let (source, checkpoint) = Source::connect(
+    let checkpoint = SharedCheckpoint::new(Lsn::ZERO);
+    let source = Source::connect(
         &config.postgres_config(),
         SourceSettings::from_config(config),
+        &checkpoint,
     )
     .await
     .expect("source connects");
     let (tx, events) = mpsc::channel(config.source.channel_capacity_batches);
-    let task = tokio::spawn(source.run(tx));
+    let task = tokio::spawn(source.run(tx, CancellationToken::new(), Duration::from_secs(1)));
     RunningSource {
         events,
         checkpoint,

@@ -103,9 +103,10 @@ impl PgCluster {
             std::os::unix::fs::chown(root.path(), Some(u.uid), Some(u.gid))
                 .expect("chown temp dir");
         }
+        let data = root.path().join("data");
         let mut cluster = PgCluster {
-            data: root.path().join("data"),
             root,
+            data,
             bindir,
             port: 0,
             run_as,
@@ -116,34 +117,18 @@ impl PgCluster {
 
         let out = cluster
             .server_cmd("initdb")
-            .args([
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-                "--no-instructions",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "-D",
-            ])
+            .args(
+                "-A trust -U postgres --no-sync --no-instructions -E UTF8 --locale=C -D".split(' '),
+            )
             .arg(&cluster.data)
             .output()
             .expect("spawn initdb");
         check(&out, "initdb", "");
 
-        let mut hba: Vec<String> = opts.hba_lines.clone();
-        hba.extend(
-            [
-                "local all all trust",
-                "host all all 127.0.0.1/32 trust",
-                "host replication all 127.0.0.1/32 trust",
-            ]
-            .map(String::from),
-        );
-        fs::write(cluster.data.join("pg_hba.conf"), hba.join("\n") + "\n")
-            .expect("write pg_hba.conf");
+        let mut hba = opts.hba_lines.join("\n");
+        hba += "\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n";
+        hba += "host replication all 127.0.0.1/32 trust\n";
+        fs::write(cluster.data.join("pg_hba.conf"), hba).expect("write pg_hba.conf");
 
         let conf_path = cluster.data.join("postgresql.conf");
         let initdb_conf = fs::read_to_string(&conf_path).expect("read postgresql.conf");
@@ -152,21 +137,15 @@ impl PgCluster {
             let conf = initdb_conf.clone() + &cluster.settings(&opts);
             fs::write(&conf_path, conf).expect("write postgresql.conf");
             let _ = fs::remove_file(cluster.log_path());
-            let out = cluster
-                .pg_ctl(&["-l"])
-                .arg(cluster.log_path())
-                .arg("start")
-                .output()
-                .expect("spawn pg_ctl");
+            let out = cluster.run_pg_ctl(&["-l", &cluster.log_path(), "start"]);
             if out.status.success() {
                 return cluster;
             }
             let log = cluster.log_tail();
-            let port_taken =
-                log.contains("could not bind") || log.contains("Address already in use");
-            if !(port_taken && attempt < 5) {
+            if !(log.contains("could not bind") && attempt < 5) {
                 check(&out, "pg_ctl start", &log);
             }
+            // Another process took the port between free_port() and the bind: pick another.
         }
         unreachable!("the last attempt either returns or panics")
     }
@@ -212,13 +191,7 @@ impl PgCluster {
         let prefix: String = prefix
             .to_lowercase()
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .take(40)
             .collect();
         let random = uuid::Uuid::new_v4().simple().to_string();
@@ -239,18 +212,8 @@ impl PgCluster {
     pub fn psql(&self, db: &str, sql: &str) -> String {
         let port = self.port.to_string();
         let out = Command::new(self.bindir.join("psql"))
-            .args([
-                "-X",
-                "-q",
-                "-A",
-                "-t",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-            ])
+            .args("-X -q -A -t -v ON_ERROR_STOP=1 -h 127.0.0.1 -p".split(' '))
+            .arg(&port)
             .args(["-U", "postgres", "-d", db, "-c", sql])
             .stdin(Stdio::null())
             .output()
@@ -261,33 +224,17 @@ impl PgCluster {
 
     /// `pg_ctl restart -m <mode>` ("smart", "fast" or "immediate"); keeps the port.
     pub fn restart(&self, mode: &str) {
-        let out = self
-            .pg_ctl(&["-m", mode, "-l"])
-            .arg(self.log_path())
-            .arg("restart")
-            .output()
-            .expect("spawn pg_ctl");
-        check(&out, &format!("pg_ctl restart -m {mode}"), &self.log_tail());
+        self.pg_ctl(&["-m", mode, "-l", &self.log_path(), "restart"]);
     }
 
     /// Fast shutdown, for outage tests; bring it back with [`PgCluster::start_again`].
     pub fn stop(&self) {
-        let out = self
-            .pg_ctl(&["-m", "fast", "stop"])
-            .output()
-            .expect("spawn pg_ctl");
-        check(&out, "pg_ctl stop", &self.log_tail());
+        self.pg_ctl(&["-m", "fast", "stop"]);
     }
 
     /// Starts a stopped cluster again on the same port.
     pub fn start_again(&self) {
-        let out = self
-            .pg_ctl(&["-l"])
-            .arg(self.log_path())
-            .arg("start")
-            .output()
-            .expect("spawn pg_ctl");
-        check(&out, "pg_ctl start", &self.log_tail());
+        self.pg_ctl(&["-l", &self.log_path(), "start"]);
     }
 
     /// The last 60 lines of the server log.
@@ -298,17 +245,12 @@ impl PgCluster {
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.data.join("postgres.log")
+    fn log_path(&self) -> String {
+        format!("{}/postgres.log", self.data.display())
     }
 
     fn settings(&self, opts: &PgOptions) -> String {
-        let socket_dir = self
-            .root
-            .path()
-            .to_str()
-            .expect("utf-8 temp dir")
-            .to_string();
+        let socket_dir = self.root.path().display().to_string();
         let fixed = [
             ("listen_addresses", "127.0.0.1".to_string()),
             ("port", self.port.to_string()),
@@ -345,11 +287,20 @@ impl PgCluster {
         cmd
     }
 
-    /// `pg_ctl -w -D <data> <args...>`; callers append the action.
-    fn pg_ctl(&self, args: &[&str]) -> Command {
+    /// `pg_ctl -w -D <data> <args...>`, panicking with the server log on failure.
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = self.run_pg_ctl(args);
+        check(
+            &out,
+            &format!("pg_ctl {}", args.join(" ")),
+            &self.log_tail(),
+        );
+    }
+
+    fn run_pg_ctl(&self, args: &[&str]) -> Output {
         let mut cmd = self.server_cmd("pg_ctl");
         cmd.arg("-w").arg("-D").arg(&self.data).args(args);
-        cmd
+        cmd.output().expect("spawn pg_ctl")
     }
 
     fn spawn_watchdog(&self) -> Child {
@@ -375,7 +326,7 @@ impl PgCluster {
 
 impl Drop for PgCluster {
     fn drop(&mut self) {
-        let _ = self.pg_ctl(&["-m", "immediate", "stop"]).output();
+        let _ = self.run_pg_ctl(&["-m", "immediate", "stop"]);
         if let Some(mut watchdog) = self.watchdog.take() {
             drop(watchdog.stdin.take()); // EOF: it removes the data dir and exits.
             let _ = watchdog.wait();
@@ -401,12 +352,12 @@ fn free_port() -> u16 {
 
 fn effective_uid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
-    let line = status
+    let uids = status
         .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .expect("Uid: in /proc/self/status");
-    line.split_whitespace()
-        .nth(2)
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .expect("Uid: line");
+    uids.split_whitespace()
+        .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("effective uid")
 }
@@ -417,8 +368,14 @@ fn lookup_user(name: &str) -> RunAs {
         .lines()
         .map(|l| l.split(':').collect::<Vec<_>>())
         .find(|f| f.len() > 3 && f[0] == name)
-        .map(|f| RunAs { uid: f[2].parse().expect("uid"), gid: f[3].parse().expect("gid") })
+        .map(|f| RunAs {
+            uid: f[2].parse().expect("uid"),
+            gid: f[3].parse().expect("gid"),
+        })
         .unwrap_or_else(|| {
-            panic!("running as root, but there is no `{name}` OS user to run PostgreSQL as; run scripts/test.sh, which installs postgresql-15")
+            panic!(
+                "running as root, but there is no `{name}` OS user to run PostgreSQL as; \
+                 run scripts/test.sh, which installs postgresql-15"
+            )
         })
 }

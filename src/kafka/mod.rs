@@ -1,0 +1,76 @@
+//! The Kafka half of the relay: producer settings, topic creation, delivery reports.
+
+pub mod producer;
+pub mod properties;
+pub mod topics;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+pub use producer::{EventProducer, FailedDelivery};
+pub use topics::TopicManager;
+
+/// Failures of the Kafka side.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("kafka client: {0}")]
+    Client(#[source] KafkaError),
+    #[error("cannot produce to topic {topic}: {source}")]
+    Produce {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("delivery to topic {} failed: {} ({:?})", .0.topic, .0.code, .0.code)]
+    Delivery(FailedDelivery),
+    #[error("cannot create topic {topic}: {code}")]
+    CreateTopic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
+    #[error("topic {0} does not exist and kafka.create_topics is false; create it or enable kafka.create_topics")]
+    UnknownTopic(String),
+}
+
+impl PublishError {
+    /// Whether retrying can help. librdkafka already retries transient broker errors
+    /// forever (no message timeout), so what reaches here is mostly permanent; the codes
+    /// below are the ones an operator must fix. Unknown errors count as retryable.
+    pub fn is_retryable(&self) -> bool {
+        let code = match self {
+            PublishError::Client(e) | PublishError::Produce { source: e, .. } => {
+                e.rdkafka_error_code()
+            }
+            PublishError::Delivery(failed) => Some(failed.code),
+            PublishError::CreateTopic { code, .. } => Some(*code),
+            PublishError::UnknownTopic(_) => return false,
+        };
+        !code.is_some_and(is_permanent)
+    }
+}
+
+/// librdkafka codes no retry fixes (as Vector lists them for its Kafka sink).
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        MessageSizeTooLarge
+            | InvalidMessageSize
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | TransactionalIdAuthorizationFailed
+            | InvalidTopic
+            | UnknownTopic
+            | UnknownTopicOrPartition
+            | InvalidRecord
+            | PolicyViolation
+            | InvalidReplicationFactor
+            | InvalidPartitions
+            | InvalidConfig
+            | UnsupportedVersion
+            | InvalidRequiredAcks
+            | SaslAuthenticationFailed
+            | Authentication
+            | InvalidArgument
+            | Fatal
+    )
+}

@@ -1,0 +1,174 @@
+//! The producer: records in, delivery reports out, acknowledgements to the checkpoint.
+//!
+//! At 50–100k events/s per-record costs dominate, so there is no future per record:
+//! librdkafka's delivery callback ([`DeliveryContext::delivery`]) runs on the producer's
+//! polling thread and acknowledges the event's transaction directly. The opaque value
+//! handed to librdkafka is the transaction's sequence number, so nothing is allocated per
+//! record beyond librdkafka's own copy of key, value and headers (the only copy between
+//! the replication buffer and the wire).
+//!
+//! # Acknowledgement
+//!
+//! An event is acknowledged to the checkpoint only from a *successful* delivery report,
+//! which with `acks=all` means every in-sync replica has it. A failed report never
+//! acknowledges: the failure is kept for the pipeline, which stops (or, once a DLQ is
+//! configured, dead-letters), and the slot stays behind the event.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message};
+use tokio::sync::Notify;
+use tracing::{error, warn};
+
+use super::properties;
+use super::PublishError;
+use crate::checkpoint::{SharedCheckpoint, TxnSeq};
+use crate::config::KafkaConfig;
+use crate::outbox::OutboundRecord;
+
+/// How long to wait for a delivery report before retrying a send the queue refused.
+const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
+
+/// A delivery librdkafka gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedDelivery {
+    pub topic: String,
+    pub code: RDKafkaErrorCode,
+    pub seq: TxnSeq,
+}
+
+/// Receives librdkafka's callbacks: delivery reports and client errors.
+#[derive(Debug)]
+pub struct DeliveryContext {
+    checkpoint: SharedCheckpoint,
+    failure: Mutex<Option<FailedDelivery>>,
+    /// Woken by every delivery report: room in the queue, or a failure to look at.
+    delivered: Arc<Notify>,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        // Broker connection errors land here; librdkafka retries them itself.
+        warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        let seq = TxnSeq(seq as u64);
+        match result {
+            Ok(_) => {
+                if let Err(e) = self.checkpoint.ack(seq, 1) {
+                    // A bookkeeping bug must not move the slot: report it and stop acking.
+                    error!(error = %e, "acknowledgement rejected by the checkpoint");
+                    self.record_failure(String::new(), RDKafkaErrorCode::Fail, seq);
+                }
+            }
+            Err((e, message)) => {
+                let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                error!(topic = message.topic(), error = %e, "delivery failed");
+                self.record_failure(message.topic().to_owned(), code, seq);
+            }
+        }
+        self.delivered.notify_one();
+    }
+}
+
+impl DeliveryContext {
+    fn record_failure(&self, topic: String, code: RDKafkaErrorCode, seq: TxnSeq) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        failure.get_or_insert(FailedDelivery { topic, code, seq });
+    }
+}
+
+/// The relay's Kafka producer.
+#[allow(missing_debug_implementations)]
+pub struct EventProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+    delivered: Arc<Notify>,
+}
+
+impl EventProducer {
+    pub fn new(kafka: &KafkaConfig, checkpoint: SharedCheckpoint) -> Result<Self, PublishError> {
+        let delivered = Arc::new(Notify::new());
+        let context = DeliveryContext {
+            checkpoint,
+            failure: Mutex::new(None),
+            delivered: Arc::clone(&delivered),
+        };
+        let producer = properties::producer_config(kafka)
+            .create_with_context(context)
+            .map_err(PublishError::Client)?;
+        Ok(EventProducer {
+            producer,
+            delivered,
+        })
+    }
+
+    /// Hands `record` (an event of transaction `seq`) to librdkafka. Waits while the
+    /// queue is full: that wait is the relay's backpressure, never an unbounded buffer.
+    pub async fn send(&self, record: &OutboundRecord, seq: TxnSeq) -> Result<(), PublishError> {
+        let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+        for (name, value) in &record.headers {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value.as_ref()),
+            });
+        }
+        loop {
+            self.check_failures()?;
+            let mut message =
+                BaseRecord::<[u8], [u8], usize>::with_opaque_to(&record.topic, seq.0 as usize)
+                    .headers(headers.clone());
+            if let Some(key) = &record.key {
+                message = message.key(key.as_ref());
+            }
+            if let Some(payload) = &record.payload {
+                message = message.payload(payload.as_ref());
+            }
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    let _ = tokio::time::timeout(QUEUE_FULL_WAIT, self.delivered.notified()).await;
+                }
+                Err((e, _)) => {
+                    return Err(PublishError::Produce {
+                        topic: record.topic.to_string(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The first delivery librdkafka gave up on, as an error.
+    pub fn check_failures(&self) -> Result<(), PublishError> {
+        let failure = self
+            .producer
+            .context()
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match failure {
+            Some(failed) => Err(PublishError::Delivery(failed)),
+            None => Ok(()),
+        }
+    }
+
+    /// Messages handed over and not yet reported.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits (blocking a thread, up to `timeout`) for outstanding deliveries.
+    pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
+        self.producer.flush(timeout).map_err(PublishError::Client)
+    }
+}

@@ -1,0 +1,100 @@
+//! Making sure a topic exists before the first record goes to it.
+//!
+//! Many brokers (and the test broker) do not create topics on produce. With
+//! `kafka.create_topics` the relay creates each topic the first time it routes to it,
+//! through the admin API; otherwise it checks the broker's metadata and reports a missing
+//! topic. Known topics are remembered, so this costs one round trip per topic per run.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::RDKafkaErrorCode;
+use tracing::info;
+
+use super::properties;
+use super::PublishError;
+use crate::config::KafkaConfig;
+
+/// Topics the relay has confirmed, and the client that confirms them.
+#[allow(missing_debug_implementations)]
+pub struct TopicManager {
+    admin: AdminClient<DefaultClientContext>,
+    known: HashSet<Arc<str>>,
+    create: bool,
+    partitions: i32,
+    replication_factor: i32,
+}
+
+/// Bound on one admin request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl TopicManager {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
+        let admin = properties::connection_config(kafka)
+            .create()
+            .map_err(PublishError::Client)?;
+        Ok(TopicManager {
+            admin,
+            known: HashSet::new(),
+            create: kafka.create_topics,
+            partitions: kafka.topic_partitions,
+            replication_factor: kafka.topic_replication_factor,
+        })
+    }
+
+    /// Returns once `topic` exists (creating it when configured to).
+    pub async fn ensure(&mut self, topic: &Arc<str>) -> Result<(), PublishError> {
+        if self.known.contains(topic) {
+            return Ok(());
+        }
+        if self.create {
+            self.create_topic(topic).await?;
+        } else if !self.exists(topic)? {
+            return Err(PublishError::UnknownTopic(topic.to_string()));
+        }
+        self.known.insert(Arc::clone(topic));
+        Ok(())
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {
+        let new_topic = NewTopic::new(
+            topic,
+            self.partitions,
+            TopicReplication::Fixed(self.replication_factor),
+        );
+        let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+        let results = self
+            .admin
+            .create_topics([&new_topic], &options)
+            .await
+            .map_err(PublishError::Client)?;
+        for result in results {
+            match result {
+                Ok(_) => info!(topic, "created topic"),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((_, code)) => {
+                    return Err(PublishError::CreateTopic {
+                        topic: topic.to_owned(),
+                        code,
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn exists(&self, topic: &str) -> Result<bool, PublishError> {
+        let metadata = self
+            .admin
+            .inner()
+            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
+            .map_err(PublishError::Client)?;
+        Ok(metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+    }
+}

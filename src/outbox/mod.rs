@@ -1,0 +1,263 @@
+//! Outbox routing: from a row change to the Kafka record it becomes, Debezium-style.
+//!
+//! Defaults follow Debezium's Outbox Event Router so consumers can move over untouched:
+//! topic `outbox.event.${routedByValue}` (the `aggregatetype` column), key `aggregateid`,
+//! value the `payload` column as written, header `id` the event id (the idempotency key
+//! consumers dedupe on), plus configured columns as extra headers.
+//!
+//! Only inserts publish. Updates, deletes and truncates of an outbox table are ignored and
+//! counted: the common pattern of inserting and deleting the outbox row in one transaction
+//! still publishes the insert, because pgoutput sends both.
+//!
+//! Values are slices of the replication buffer; nothing is copied here (a `bytea`
+//! payload is the exception: its text form is hex and is decoded once).
+
+pub mod topic;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::config::{OutboxConfig, TableMapping};
+use crate::ident::TableName;
+use crate::replication::pgoutput::{ColumnValue, Oid, Relation, TupleData};
+use crate::source::Change;
+use topic::TopicTemplate;
+
+/// PostgreSQL's OID for `bytea`.
+const BYTEA_OID: Oid = 17;
+
+/// A record ready for the producer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundRecord {
+    pub topic: Arc<str>,
+    pub key: Option<Bytes>,
+    pub payload: Option<Bytes>,
+    /// `id` first, then the additional headers in configured order.
+    pub headers: Vec<(Arc<str>, Bytes)>,
+    /// The outbox table, `schema.table`.
+    pub table: Arc<str>,
+}
+
+/// Why a row cannot become a record as configured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RowProblem {
+    #[error("column {column} is missing from table {table}")]
+    MissingColumn { table: Arc<str>, column: String },
+    #[error("column {column} is NULL")]
+    NullColumn { column: String },
+    #[error("column {column} holds an unchanged TOAST value, which pgoutput does not send")]
+    ToastedColumn { column: String },
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("payload column is bytea but its value is not valid hex: {0}")]
+    BadBytea(String),
+}
+
+/// What to do with one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routed {
+    Publish(OutboundRecord),
+    /// Not an insert: acknowledged without publishing, counted per table and operation.
+    Ignore {
+        table: Arc<str>,
+        operation: &'static str,
+    },
+    /// The row can never be published as configured.
+    Reject {
+        table: Arc<str>,
+        problem: RowProblem,
+    },
+}
+
+/// Routes changes to records; keeps each table's column positions and topic names.
+#[derive(Debug)]
+pub struct Router {
+    outbox: OutboxConfig,
+    tables: HashMap<Oid, ResolvedTable>,
+}
+
+/// A relation's shape resolved against its mapping, redone when the shape changes.
+#[derive(Debug)]
+struct ResolvedTable {
+    relation: Arc<Relation>,
+    table: Arc<str>,
+    id: Result<usize, RowProblem>,
+    key: Result<usize, RowProblem>,
+    payload: Result<usize, RowProblem>,
+    payload_is_bytea: bool,
+    route: Result<usize, RowProblem>,
+    headers: Vec<(Arc<str>, Result<usize, RowProblem>)>,
+    topic: TopicTemplate,
+}
+
+impl Router {
+    pub fn new(outbox: &OutboxConfig) -> Self {
+        Router {
+            outbox: outbox.clone(),
+            tables: HashMap::new(),
+        }
+    }
+
+    /// What `change` becomes.
+    pub fn route(&mut self, change: &Change) -> Routed {
+        let (relation, row) = match change {
+            Change::Insert { relation, row } => (relation, row),
+            Change::Update { relation, .. } | Change::Delete { relation, .. } => {
+                return Routed::Ignore {
+                    table: Arc::from(relation.qualified_name()),
+                    operation: change.operation(),
+                }
+            }
+            Change::Truncate { relations } => {
+                let table = relations
+                    .iter()
+                    .map(|r| r.qualified_name())
+                    .collect::<Vec<_>>();
+                return Routed::Ignore {
+                    table: Arc::from(table.join(",")),
+                    operation: change.operation(),
+                };
+            }
+        };
+        let resolved = self.resolve(relation);
+        match resolved.record(row) {
+            Ok(record) => Routed::Publish(record),
+            Err(problem) => Routed::Reject {
+                table: Arc::clone(&resolved.table),
+                problem,
+            },
+        }
+    }
+
+    fn resolve(&mut self, relation: &Arc<Relation>) -> &mut ResolvedTable {
+        let stale = self
+            .tables
+            .get(&relation.oid)
+            .is_none_or(|r| !Arc::ptr_eq(&r.relation, relation));
+        if stale {
+            let name = TableName {
+                schema: relation.namespace.clone(),
+                table: relation.name.clone(),
+            };
+            let mapping = self.outbox.mapping_for(&name);
+            self.tables.insert(
+                relation.oid,
+                ResolvedTable::new(Arc::clone(relation), &mapping),
+            );
+        }
+        self.tables.get_mut(&relation.oid).expect("inserted above")
+    }
+}
+
+impl ResolvedTable {
+    fn new(relation: Arc<Relation>, mapping: &TableMapping) -> Self {
+        let table: Arc<str> = Arc::from(relation.qualified_name());
+        let find = |column: &str| {
+            relation
+                .column_index(column)
+                .ok_or_else(|| RowProblem::MissingColumn {
+                    table: Arc::clone(&table),
+                    column: column.to_owned(),
+                })
+        };
+        let payload = find(mapping.payload_column.as_str());
+        let payload_is_bytea = payload
+            .as_ref()
+            .is_ok_and(|&i| relation.columns[i].type_oid == BYTEA_OID);
+        let mut headers = vec![(Arc::from("id"), find(mapping.id_column.as_str()))];
+        for extra in &mapping.additional_headers {
+            headers.push((Arc::from(extra.header_name()), find(extra.column.as_str())));
+        }
+        ResolvedTable {
+            id: find(mapping.id_column.as_str()),
+            key: find(mapping.key_column.as_str()),
+            payload,
+            payload_is_bytea,
+            route: find(mapping.route_by_field.as_str()),
+            headers,
+            topic: TopicTemplate::new(&mapping.topic),
+            table,
+            relation,
+        }
+    }
+
+    fn record(&mut self, row: &TupleData) -> Result<OutboundRecord, RowProblem> {
+        let columns = &self.relation.columns;
+        let value = |index: &Result<usize, RowProblem>| -> Result<Option<&Bytes>, RowProblem> {
+            let i = *index.as_ref().map_err(Clone::clone)?;
+            match row.columns.get(i) {
+                Some(ColumnValue::Text(b) | ColumnValue::Binary(b)) => Ok(Some(b)),
+                Some(ColumnValue::Null) | None => Ok(None),
+                Some(ColumnValue::UnchangedToast) => Err(RowProblem::ToastedColumn {
+                    column: columns[i].name.clone(),
+                }),
+            }
+        };
+        let required = |index: &Result<usize, RowProblem>| -> Result<Bytes, RowProblem> {
+            value(index)?
+                .cloned()
+                .ok_or_else(|| RowProblem::NullColumn {
+                    column: columns[*index.as_ref().expect("value() checked it")]
+                        .name
+                        .clone(),
+                })
+        };
+        required(&self.id)?;
+        let topic = if self.topic.is_routed() {
+            let routed = required(&self.route)?;
+            self.topic
+                .topic(&routed)
+                .map_err(RowProblem::InvalidTopic)?
+        } else {
+            self.topic
+                .topic(&Bytes::new())
+                .map_err(RowProblem::InvalidTopic)?
+        };
+        let key = value(&self.key)?.cloned();
+        let payload = match value(&self.payload)? {
+            Some(text) if self.payload_is_bytea => Some(decode_bytea_hex(text)?),
+            other => other.cloned(),
+        };
+        let mut headers = Vec::with_capacity(self.headers.len());
+        for (name, index) in &self.headers {
+            if let Some(bytes) = value(index)? {
+                headers.push((Arc::clone(name), bytes.clone()));
+            }
+        }
+        Ok(OutboundRecord {
+            topic,
+            key,
+            payload,
+            headers,
+            table: Arc::clone(&self.table),
+        })
+    }
+}
+
+/// `bytea` text output (`\x` followed by hex) to the raw bytes.
+fn decode_bytea_hex(text: &Bytes) -> Result<Bytes, RowProblem> {
+    let hex = text.strip_prefix(b"\\x").ok_or_else(|| {
+        RowProblem::BadBytea("missing \\x prefix (bytea_output must be hex)".into())
+    })?;
+    if hex.len() % 2 != 0 {
+        return Err(RowProblem::BadBytea("odd number of hex digits".into()));
+    }
+    let nibble = |c: u8| match c {
+        b'0'..=b'9' => Ok(c - b'0'),
+        b'a'..=b'f' => Ok(c - b'a' + 10),
+        b'A'..=b'F' => Ok(c - b'A' + 10),
+        _ => Err(RowProblem::BadBytea(format!(
+            "{:?} is not a hex digit",
+            char::from(c)
+        ))),
+    };
+    hex.chunks_exact(2)
+        .map(|pair| Ok((nibble(pair[0])? << 4) | nibble(pair[1])?))
+        .collect::<Result<Vec<u8>, _>>()
+        .map(Bytes::from)
+}
+
+#[cfg(test)]
+mod tests;

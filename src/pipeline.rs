@@ -1,0 +1,274 @@
+//! The relay's main loop: source → route → produce → acknowledge, with reconnects and a
+//! graceful stop.
+//!
+//! Two tasks joined by one bounded channel of event batches. The source task owns the
+//! replication connection and reconnects on its own (exponential backoff with jitter);
+//! before it reconnects it waits until everything in flight is acknowledged, so the new
+//! connection starts from a settled checkpoint. The sink task routes each event, makes
+//! sure its topic exists and hands it to the producer; delivery reports acknowledge
+//! events on librdkafka's thread. A broker outage needs no code here: librdkafka retries
+//! without limit, its bounded queue fills, the sink waits, the channel fills, and the
+//! source stops reading WAL while it keeps heartbeating.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::sleep;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::admin_sql::{self, AdminError};
+use crate::backoff::Backoff;
+use crate::checkpoint::SharedCheckpoint;
+use crate::config::Config;
+use crate::kafka::{EventProducer, PublishError, TopicManager};
+use crate::outbox::{Routed, Router, RowProblem};
+use crate::replication::{Lsn, ReplicationError};
+use crate::source::{EventBatch, Source, SourceSettings};
+
+/// How often the sink looks for failed deliveries while no events arrive.
+const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why the relay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("row of table {table} (xid {xid}, commit {lsn}) cannot be published: {problem}")]
+    Row {
+        table: Arc<str>,
+        xid: u32,
+        lsn: Lsn,
+        #[source]
+        problem: RowProblem,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Runs the relay until `shutdown` fires (then stops gracefully, `Ok`) or a failure that
+/// retrying cannot fix (`Err`, with the operator's fix in the message).
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    let kafka = config.kafka.clone().ok_or_else(|| {
+        RelayError::Config(
+            "kafka.bootstrap_servers: required key is missing; add a [kafka] section with bootstrap_servers".into(),
+        )
+    })?;
+    prepare_database(&config, &shutdown).await?;
+    let checkpoint = SharedCheckpoint::new(Lsn::ZERO);
+    let producer = EventProducer::new(&kafka, checkpoint.clone())?;
+    let topics = TopicManager::new(&kafka)?;
+    let (events_tx, events_rx) = mpsc::channel(config.source.channel_capacity_batches);
+    let sink = Sink {
+        router: Router::new(&config.outbox),
+        producer,
+        topics,
+        checkpoint: checkpoint.clone(),
+    };
+    let mut sink_task = tokio::spawn(sink.run(events_rx, shutdown.clone()));
+    let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
+    let mut source_task: JoinHandle<Result<(), RelayError>> = tokio::spawn(run_source(
+        config.clone(),
+        checkpoint,
+        events_tx,
+        shutdown.clone(),
+    ));
+    tokio::select! {
+        // The sink failed (or ended first): stop reading WAL at once. Nothing unsafe has
+        // been acknowledged; the last status update sent stays the slot's position.
+        sink_result = &mut sink_task => {
+            source_task.abort();
+            flatten(sink_result)?;
+            Ok(())
+        }
+        source_result = &mut source_task => {
+            let source_result = flatten(source_result);
+            // The source dropped its sender: the sink drains the channel and ends.
+            let sink_result = match tokio::time::timeout(drain_timeout, &mut sink_task).await {
+                Ok(result) => flatten(result),
+                Err(_) => {
+                    sink_task.abort();
+                    warn!("sink did not drain before the shutdown timeout");
+                    Ok(())
+                }
+            };
+            source_result.and(sink_result)
+        }
+    }
+}
+
+fn flatten(
+    joined: Result<Result<(), RelayError>, tokio::task::JoinError>,
+) -> Result<(), RelayError> {
+    joined.map_err(|e| RelayError::Internal(format!("task failed: {e}")))?
+}
+
+/// Creates the publication and slot when configured to, retrying while the database is
+/// unreachable.
+async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Result<(), RelayError> {
+    let mut backoff = Backoff::default();
+    loop {
+        let attempt = async {
+            let client = admin_sql::connect(config).await?;
+            admin_sql::prepare(&client, config).await
+        };
+        match attempt.await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready");
+                tokio::select! {
+                    _ = sleep(delay) => {}
+                    _ = shutdown.cancelled() => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Streams from the slot, reconnecting after every retryable failure.
+async fn run_source(
+    config: Config,
+    checkpoint: SharedCheckpoint,
+    events: mpsc::Sender<EventBatch>,
+    shutdown: CancellationToken,
+) -> Result<(), RelayError> {
+    let pg = config.postgres_config();
+    let settings = SourceSettings::from_config(&config);
+    let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
+    let mut backoff = Backoff::default();
+    loop {
+        let outcome = match Source::connect(&pg, settings.clone(), &checkpoint).await {
+            Ok(source) => {
+                backoff.reset();
+                source
+                    .run(events.clone(), shutdown.clone(), drain_timeout)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+                warn!(error = %e, "replication connection lost; reconnecting");
+            }
+            Err(e) if shutdown.is_cancelled() => {
+                info!(error = %e, "replication ended during shutdown");
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        // Start the next connection from a settled checkpoint: everything handed
+        // downstream is acknowledged first (see Checkpoint::resume).
+        tokio::select! {
+            _ = checkpoint.drained() => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+        let delay = backoff.next_delay();
+        debug!(
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting after backoff"
+        );
+        tokio::select! {
+            _ = sleep(delay) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Routes events and hands them to the producer.
+struct Sink {
+    router: Router,
+    producer: EventProducer,
+    topics: TopicManager,
+    checkpoint: SharedCheckpoint,
+}
+
+impl Sink {
+    async fn run(
+        mut self,
+        mut events: mpsc::Receiver<EventBatch>,
+        shutdown: CancellationToken,
+    ) -> Result<(), RelayError> {
+        let mut failure_check = tokio::time::interval(FAILURE_CHECK_INTERVAL);
+        loop {
+            tokio::select! {
+                batch = events.recv() => match batch {
+                    Some(batch) => self.publish(batch, &shutdown).await?,
+                    None => break,
+                },
+                _ = failure_check.tick() => self.producer.check_failures()?,
+            }
+        }
+        self.producer.check_failures()?;
+        Ok(())
+    }
+
+    async fn publish(
+        &mut self,
+        batch: EventBatch,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        for event in batch {
+            match self.router.route(&event.change) {
+                Routed::Publish(record) => {
+                    self.ensure_topic(&record.topic, shutdown).await?;
+                    self.producer.send(&record, event.seq).await?;
+                }
+                Routed::Ignore { table, operation } => {
+                    debug!(%table, operation, "ignored outbox operation");
+                    self.ack(&event)?;
+                }
+                Routed::Reject { table, problem } => {
+                    let error = RelayError::Row {
+                        table,
+                        xid: event.transaction.xid,
+                        lsn: event.transaction.commit_lsn,
+                        problem,
+                    };
+                    error!(error = %error, "stopping: the slot stays before this row");
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ack(&self, event: &crate::source::SourceEvent) -> Result<(), RelayError> {
+        self.checkpoint
+            .ack(event.seq, 1)
+            .map_err(|e| RelayError::Internal(e.to_string()))
+    }
+
+    /// Makes sure `topic` exists, retrying while the broker is unreachable.
+    async fn ensure_topic(
+        &mut self,
+        topic: &Arc<str>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let mut backoff = Backoff::default();
+        loop {
+            match self.topics.ensure(topic).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => {
+                    let delay = backoff.next_delay();
+                    warn!(%topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot create topic yet");
+                    tokio::select! {
+                        _ = sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Err(e.into()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
