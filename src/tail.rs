@@ -10,9 +10,13 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::Message;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::kafka::{properties, PublishError};
+
+/// How often to look again for a topic that does not exist yet.
+const METADATA_POLL: Duration = Duration::from_millis(200);
 
 /// What to read.
 #[derive(Debug, Clone)]
@@ -37,8 +41,17 @@ pub async fn tail(
         .set("enable.auto.commit", "false")
         .create()
         .map_err(PublishError::Client)?;
-    let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).map_err(PublishError::Client)?;
+    // Assign every partition explicitly rather than subscribe: no group rebalance to wait
+    // for, and it works with brokers whose group coordination is minimal.
+    let mut assignment = TopicPartitionList::new();
+    for topic in &options.topics {
+        for partition in partitions_when_present(&consumer, topic, options.idle_timeout).await? {
+            assignment
+                .add_partition_offset(topic, partition, Offset::Beginning)
+                .map_err(PublishError::Client)?;
+        }
+    }
+    consumer.assign(&assignment).map_err(PublishError::Client)?;
     let mut count = 0;
     while options.max_records.is_none_or(|max| count < max) {
         match tokio::time::timeout(options.idle_timeout, consumer.recv()).await {
@@ -51,6 +64,30 @@ pub async fn tail(
         }
     }
     Ok(count)
+}
+
+/// The partitions of `topic`, waiting up to `timeout` for it to be created.
+async fn partitions_when_present(
+    consumer: &StreamConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<i32>, PublishError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .map_err(PublishError::Client)?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if !partitions.is_empty() || tokio::time::Instant::now() >= deadline {
+            return Ok(partitions);
+        }
+        tokio::time::sleep(METADATA_POLL).await;
+    }
 }
 
 /// One line: `topic[partition]@offset key=... headers={...} value=...`.

@@ -34,7 +34,20 @@ install_rust_components() {
   fi
 }
 
+# The test broker: tansu, a Kafka-protocol broker from crates.io. Its build takes about
+# 20 minutes on 2 cores, so it is skipped whenever the pinned version is already there.
+TANSU_VERSION=0.6.0
+install_tansu() {
+  export PATH="$HOME/.cargo/bin:$PATH"
+  if command -v tansu >/dev/null 2>&1 && [[ "$(tansu --version 2>/dev/null)" == "tansu $TANSU_VERSION" ]]; then
+    return
+  fi
+  echo "== installing tansu $TANSU_VERSION (cargo install; about 20 minutes on 2 cores)"
+  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+}
+
 install_test_dependencies() {
   install_debian_packages
   install_rust_components
+  install_tansu
 }

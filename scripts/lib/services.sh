@@ -1,0 +1,90 @@
+# Starting PostgreSQL and the tansu broker on loopback for scripts (demo, benchmark).
+# Everything lives under one temp dir and is stopped by services_cleanup.
+
+PG_BINDIR="${PG_BINDIR:-/usr/lib/postgresql/15/bin}"
+TRACKED_PIDS=()
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Runs a PostgreSQL server binary, as the postgres OS user when we are root.
+as_pg() {
+  if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+services_init() {
+  WORK=$(mktemp -d "/tmp/outbox-$1-XXXXXX")
+  chmod 755 "$WORK"
+  mkdir -p "$WORK/pg"
+  [[ $(id -u) -eq 0 ]] && chown postgres:postgres "$WORK/pg"
+  export WORK
+}
+
+services_track() {
+  TRACKED_PIDS+=("$1")
+}
+
+services_cleanup() {
+  local pid
+  for pid in "${TRACKED_PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${TRACKED_PIDS[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [[ -f "$WORK/pg/data/postmaster.pid" ]]; then
+    as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK"
+}
+
+# PostgreSQL with wal_level=logical on a free port; sets PG_PORT.
+pg_start() {
+  PG_PORT=$(free_port)
+  as_pg "$PG_BINDIR/initdb" -A trust -U postgres --no-sync -E UTF8 --locale=C -D "$WORK/pg/data" >/dev/null
+  cat >> "$WORK/pg/data/postgresql.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+unix_socket_directories = '$WORK/pg'
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+shared_buffers = 256MB
+max_wal_size = 2GB
+synchronous_commit = off
+CONF
+  as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/postgres.log" -w start >/dev/null
+  echo "PostgreSQL on 127.0.0.1:$PG_PORT"
+}
+
+psql_run() {
+  "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$1" -c "$2"
+}
+
+# tansu with memory storage on a free port; sets BROKER_PORT.
+broker_start() {
+  BROKER_PORT=$(free_port)
+  tansu broker --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \
+    --storage-engine memory://tansu/ >"$WORK/broker.log" 2>&1 &
+  services_track $!
+  local deadline=$((SECONDS + 30))
+  until (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; do
+    if ((SECONDS > deadline)); then echo "broker did not start; see $WORK/broker.log" >&2; exit 1; fi
+    sleep 0.2
+  done
+  echo "Kafka-protocol broker (tansu) on 127.0.0.1:$BROKER_PORT"
+}
+
+# Waits until replication slot $1 in database $2 is held by a walsender (the relay with
+# pid $3 is streaming), failing if that relay exits first.
+wait_for_slot_active() {
+  local deadline=$((SECONDS + 60))
+  until [[ "$("$PG_BINDIR/psql" -X -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$2" \
+           -c "SELECT active FROM pg_replication_slots WHERE slot_name = '$1'")" == "t" ]]; do
+    kill -0 "$3" 2>/dev/null || { echo "the relay exited; see $WORK/relay.log" >&2; exit 1; }
+    if ((SECONDS > deadline)); then echo "slot $1 never became active" >&2; exit 1; fi
+    sleep 0.2
+  done
+}
