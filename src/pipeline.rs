@@ -257,7 +257,7 @@ impl Sink {
     ) -> Result<(), RelayError> {
         let mut backoff = Backoff::default();
         loop {
-            match self.topics.ensure(topic).await {
+            match self.topics.ensure(topic, &self.producer).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();

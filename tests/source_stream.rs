@@ -4,124 +4,19 @@
 
 mod common;
 
+const WRITERS: usize = 4;
+const ROWS_PER_WRITER: usize = 2_500;
+
 use std::collections::{HashMap, HashSet};
-use std::pin::pin;
 use std::time::Duration;
 
-use bytes::Bytes;
 use common::pg::PgCluster;
-use common::{column_text, confirmed_flush, relay_config, start_source, wait_for, Rng, OUTBOX_DDL};
-use futures_util::SinkExt;
+use common::workload::{write_rows, RowText, WrittenTxn};
+use common::{column_text, confirmed_flush, relay_config, start_source, wait_for, OUTBOX_DDL};
 use outbox_relay::checkpoint::SharedCheckpoint;
 use outbox_relay::replication::{Lsn, ReplicationError};
 use outbox_relay::source::{Change, Source, SourceSettings};
 use tokio_util::sync::CancellationToken;
-
-const WRITERS: usize = 4;
-const ROWS_PER_WRITER: usize = 2_500;
-
-/// What a writer committed in one transaction: its xid and row ids in insertion order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct WrittenTxn {
-    xid: u32,
-    ids: Vec<String>,
-}
-
-/// The five outbox columns as text: id, aggregatetype, aggregateid, type, payload.
-type RowText = [String; 5];
-
-const SELECT_WRITTEN: &str = "SELECT id::text, aggregatetype, aggregateid, type, payload::text \
-     FROM outbox WHERE id::text = ANY($1)";
-
-/// Writes `ROWS_PER_WRITER` rows in transactions of 1–100 rows, cycling through a
-/// multi-row VALUES insert, an INSERT ... SELECT and a COPY, each transaction also
-/// touching a table outside the publication.
-async fn write_rows(
-    cluster: &PgCluster,
-    db: &str,
-    writer: usize,
-) -> (Vec<WrittenTxn>, HashMap<String, RowText>) {
-    let mut client = cluster.client(db).await;
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ (writer as u64 + 1));
-    let (mut txns, mut rows) = (Vec::new(), HashMap::new());
-    let mut written = 0;
-    while written < ROWS_PER_WRITER {
-        let n = (rng.between(1, 100) as usize).min(ROWS_PER_WRITER - written);
-        let tx = client.transaction().await.unwrap();
-        let xid: i64 = tx
-            .query_one("SELECT txid_current()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let aggregate = ["order", "customer", "payment"][txns.len() % 3];
-        let ids: Vec<String> = match txns.len() % 3 {
-            0 => {
-                let mut sql = String::from("INSERT INTO outbox VALUES ");
-                for i in 0..n {
-                    let id = uuid::Uuid::new_v4();
-                    let seq = written + i;
-                    sql += &format!(
-                        "{}('{id}', '{aggregate}', 'w{writer}-k{}', 'Created', '{{\"writer\": {writer}, \"seq\": {seq}, \"note\": \"values\"}}')",
-                        if i == 0 { "" } else { ", " },
-                        seq % 7
-                    );
-                }
-                sql += " RETURNING id::text";
-                tx.query(&sql, &[]).await.unwrap().iter().map(|r| r.get(0)).collect()
-            }
-            1 => tx
-                .query(
-                    "INSERT INTO outbox \
-                     SELECT gen_random_uuid(), $1::text, 'w' || $2::int || '-k' || (($3::int + i) % 7), 'Created', \
-                            jsonb_build_object('writer', $2::int, 'seq', $3::int + i, 'note', 'select') \
-                     FROM generate_series(0, $4::int - 1) AS i ORDER BY i RETURNING id::text",
-                    &[&aggregate, &(writer as i32), &(written as i32), &(n as i32)],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect(),
-            _ => {
-                let ids: Vec<String> = (0..n).map(|_| uuid::Uuid::new_v4().to_string()).collect();
-                let mut data = String::new();
-                for (i, id) in ids.iter().enumerate() {
-                    let seq = written + i;
-                    data += &format!(
-                        "{id}\t{aggregate}\tw{writer}-k{}\tCreated\t{{\"writer\": {writer}, \"seq\": {seq}, \"note\": \"copy \\\\t tab\"}}\n",
-                        seq % 7
-                    );
-                }
-                let sink = tx
-                    .copy_in("COPY outbox (id, aggregatetype, aggregateid, type, payload) FROM STDIN")
-                    .await
-                    .unwrap();
-                let mut sink = pin!(sink);
-                sink.send(Bytes::from(data)).await.unwrap();
-                sink.as_mut().finish().await.unwrap();
-                ids
-            }
-        };
-        assert_eq!(ids.len(), n);
-        tx.execute(
-            "INSERT INTO other (note) VALUES ($1)",
-            &[&format!("w{writer}")],
-        )
-        .await
-        .unwrap();
-        for row in tx.query(SELECT_WRITTEN, &[&ids]).await.unwrap() {
-            let text: RowText = [row.get(0), row.get(1), row.get(2), row.get(3), row.get(4)];
-            rows.insert(text[0].clone(), text);
-        }
-        tx.commit().await.unwrap();
-        txns.push(WrittenTxn {
-            xid: xid as u32,
-            ids,
-        });
-        written += n;
-    }
-    (txns, rows)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_rows_from_four_writers_arrive_once_with_their_values_in_commit_order() {
@@ -139,7 +34,9 @@ async fn ten_thousand_rows_from_four_writers_arrive_once_with_their_values_in_co
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let db = db.clone();
-            tokio::spawn(async move { write_rows(PgCluster::shared(), &db, w).await })
+            tokio::spawn(
+                async move { write_rows(PgCluster::shared(), &db, w, ROWS_PER_WRITER).await },
+            )
         })
         .collect();
 

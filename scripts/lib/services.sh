@@ -78,11 +78,13 @@ broker_start() {
 }
 
 # Waits until replication slot $1 in database $2 is held by a walsender (the relay with
-# pid $3 is streaming), failing if that relay exits first.
+# pid $3 is streaming), failing if that relay exits first. The slot's `active` flag alone
+# is also true while a SQL call is still creating it, before it streams anything.
 wait_for_slot_active() {
   local deadline=$((SECONDS + 60))
   until [[ "$("$PG_BINDIR/psql" -X -A -t -h 127.0.0.1 -p "$PG_PORT" -U postgres -d "$2" \
-           -c "SELECT active FROM pg_replication_slots WHERE slot_name = '$1'")" == "t" ]]; do
+           -c "SELECT count(*) FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid
+               WHERE s.slot_name = '$1' AND a.backend_type = 'walsender'")" == "1" ]]; do
     kill -0 "$3" 2>/dev/null || { echo "the relay exited; see $WORK/relay.log" >&2; exit 1; }
     if ((SECONDS > deadline)); then echo "slot $1 never became active" >&2; exit 1; fi
     sleep 0.2

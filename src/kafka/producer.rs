@@ -30,6 +30,8 @@ use crate::checkpoint::{SharedCheckpoint, TxnSeq};
 use crate::config::KafkaConfig;
 use crate::outbox::OutboundRecord;
 
+/// How long a newly created topic may take to appear in the producer's metadata.
+const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a delivery report before retrying a send the queue refused.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
@@ -145,6 +147,40 @@ impl EventProducer {
                 }
             }
         }
+    }
+
+    /// Waits until this producer's own metadata lists `topic`'s partitions.
+    ///
+    /// librdkafka parks records for a topic whose partitions it does not know yet in an
+    /// "unassigned" queue and partitions them when metadata arrives; records produced
+    /// after that moment can overtake them and break per-key order. Producing only once
+    /// the partitions are known avoids that window.
+    pub async fn wait_for_topic(&self, topic: &str) -> Result<(), PublishError> {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let deadline = std::time::Instant::now() + TOPIC_METADATA_TIMEOUT;
+            loop {
+                let known = producer
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                    .map(|m| {
+                        m.topics().iter().any(|t| {
+                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
+                        })
+                    });
+                match known {
+                    Ok(true) => return Ok(()),
+                    Ok(false) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Ok(false) => return Err(PublishError::UnknownTopic(topic)),
+                    Err(e) => return Err(PublishError::Client(e)),
+                }
+            }
+        })
+        .await
+        .map_err(|_| PublishError::Client(KafkaError::Canceled))?
     }
 
     /// The first delivery librdkafka gave up on, as an error.

@@ -15,7 +15,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use tracing::info;
 
 use super::properties;
-use super::PublishError;
+use super::{EventProducer, PublishError};
 use crate::config::KafkaConfig;
 
 /// Topics the relay has confirmed, and the client that confirms them.
@@ -45,8 +45,13 @@ impl TopicManager {
         })
     }
 
-    /// Returns once `topic` exists (creating it when configured to).
-    pub async fn ensure(&mut self, topic: &Arc<str>) -> Result<(), PublishError> {
+    /// Returns once `topic` exists (creating it when configured to) and `producer` knows
+    /// its partitions (see [`EventProducer::wait_for_topic`]).
+    pub async fn ensure(
+        &mut self,
+        topic: &Arc<str>,
+        producer: &EventProducer,
+    ) -> Result<(), PublishError> {
         if self.known.contains(topic) {
             return Ok(());
         }
@@ -55,6 +60,7 @@ impl TopicManager {
         } else if !self.exists(topic)? {
             return Err(PublishError::UnknownTopic(topic.to_string()));
         }
+        producer.wait_for_topic(topic).await?;
         self.known.insert(Arc::clone(topic));
         Ok(())
     }

@@ -2,7 +2,10 @@
 //! the relay's source against it.
 #![allow(dead_code)]
 
+pub mod kafka;
 pub mod pg;
+pub mod relay;
+pub mod workload;
 
 use std::path::Path;
 use std::time::Duration;

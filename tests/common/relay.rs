@@ -1,0 +1,110 @@
+//! The relay binary as a child process: started with a config, killed with SIGKILL or
+//! stopped with SIGTERM, as an orchestrator would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+/// A relay config for `db` on `pg_url`'s cluster, publishing to `bootstrap` with topics
+/// named `{prefix}.outbox.event.<aggregatetype>`. `extra` is appended verbatim.
+pub fn config_text(pg_url: &str, slot: &str, bootstrap: &str, prefix: &str, extra: &str) -> String {
+    format!(
+        r#"[source]
+url = "{pg_url}"
+slot = "{slot}"
+publication = "{slot}_pub"
+tables = ["public.outbox"]
+status_interval_ms = 200
+shutdown_timeout_ms = 10000
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+topic_partitions = 3
+topic_replication_factor = 1
+
+[outbox]
+topic = "{prefix}.outbox.event.${{routedByValue}}"
+{extra}"#
+    )
+}
+
+/// A running `outbox-relay run`.
+#[derive(Debug)]
+pub struct RelayProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl RelayProcess {
+    /// Starts the relay on `config` (a file), logging to `log_dir/relay-<n>.log`.
+    pub fn start(config: &Path, log_dir: &Path) -> RelayProcess {
+        static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = log_dir.join(format!("relay-{n}.log"));
+        let file = std::fs::File::create(&log).expect("relay log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env(
+                "RUST_LOG",
+                std::env::var("RELAY_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log handle"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn outbox-relay");
+        RelayProcess { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no shutdown, no final status update.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("SIGKILL relay");
+        self.child.wait().expect("reap relay");
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        signal(self.pid(), "-TERM");
+        self.child.wait().expect("reap relay")
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll relay").is_none()
+    }
+
+    /// Peak resident memory so far (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} {pid}");
+}

@@ -1,0 +1,398 @@
+//! The relay binary end to end: real PostgreSQL, real Kafka-protocol broker, real consumer.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use common::kafka::{unique_topic, Broker, ReceivedRecord};
+use common::pg::PgCluster;
+use common::relay::{config_text, RelayProcess};
+use common::workload::{write_rows, RowText, WrittenTxn};
+use common::{wait_for, OUTBOX_DDL};
+
+/// The slot is held by a walsender. (`active` alone is also true while the slot is
+/// still being created by a SQL call, before it streams anything.)
+const STREAMING_SQL: &str = "SELECT 1 FROM pg_replication_slots s \
+     JOIN pg_stat_activity a ON a.pid = s.active_pid \
+     WHERE s.slot_name = $1 AND a.backend_type = 'walsender'";
+
+/// A database with the outbox, a relay config for it and a directory for logs.
+struct Setup {
+    db: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    admin: tokio_postgres::Client,
+}
+
+async fn setup(name: &str, extra: &str) -> Setup {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database(name).await;
+    let admin = cluster.client(&db).await;
+    admin.batch_execute(OUTBOX_DDL).await.unwrap();
+    admin
+        .batch_execute("CREATE TABLE other (id serial PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let prefix = unique_topic(name);
+    let mut dir = tempfile::Builder::new()
+        .prefix(&format!("relay-{name}-"))
+        .tempdir()
+        .unwrap();
+    if std::env::var_os("KEEP_RELAY_LOGS").is_some() {
+        dir.disable_cleanup(true);
+        println!("relay logs in {}", dir.path().display());
+    }
+    let config = dir.path().join("relay.toml");
+    let text = config_text(
+        &cluster.url(&db),
+        &format!("{name}_slot"),
+        &Broker::shared().bootstrap(),
+        &prefix,
+        extra,
+    );
+    std::fs::write(&config, text).unwrap();
+    Setup {
+        db,
+        prefix,
+        dir,
+        config,
+        admin,
+    }
+}
+
+impl Setup {
+    fn topic(&self, aggregate: &str) -> String {
+        format!("{}.outbox.event.{aggregate}", self.prefix)
+    }
+
+    fn start_relay(&self) -> RelayProcess {
+        RelayProcess::start(&self.config, self.dir.path())
+    }
+
+    /// Waits until the relay holds the slot, so rows written next are in its stream.
+    async fn wait_streaming(&self, relay: &mut RelayProcess) {
+        let slot = self.slot();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            assert!(relay.is_running(), "relay exited:\n{}", relay.log());
+            let row = self.admin.query_opt(STREAMING_SQL, &[&slot]).await.unwrap();
+            if row.is_some() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay never held its slot:\n{}",
+                relay.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn slot(&self) -> String {
+        std::fs::read_to_string(&self.config)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("slot = \""))
+            .map(|s| s.trim_end_matches('"').to_owned())
+            .unwrap()
+    }
+
+    async fn confirmed_flush(&self) -> outbox_relay::replication::Lsn {
+        common::confirmed_flush(&self.admin, &self.slot()).await
+    }
+
+    async fn insert_lsn(&self) -> outbox_relay::replication::Lsn {
+        let row = self
+            .admin
+            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .await
+            .unwrap();
+        row.get::<_, String>(0).parse().unwrap()
+    }
+}
+
+/// A `consume_until` condition: at least `n` distinct values of `value_of` have arrived.
+/// Incremental, so a long stream costs O(records), not O(records²).
+fn distinct_at_least<T: std::hash::Hash + Eq>(
+    n: usize,
+    value_of: impl Fn(&ReceivedRecord) -> T,
+) -> impl FnMut(&[ReceivedRecord]) -> bool {
+    let mut seen = HashSet::new();
+    let mut checked = 0;
+    move |records| {
+        seen.extend(records[checked..].iter().map(&value_of));
+        checked = records.len();
+        seen.len() >= n
+    }
+}
+
+fn id_of(record: &ReceivedRecord) -> String {
+    record
+        .header_str("id")
+        .expect("every record has an id header")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_rows_become_ten_thousand_records_with_key_headers_and_order() {
+    const WRITERS: usize = 4;
+    const ROWS_PER_WRITER: usize = 2_500;
+    let s = setup("e2e", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let db = s.db.clone();
+            tokio::spawn(
+                async move { write_rows(PgCluster::shared(), &db, w, ROWS_PER_WRITER).await },
+            )
+        })
+        .collect();
+    let mut per_writer: Vec<Vec<WrittenTxn>> = Vec::new();
+    let mut rows: HashMap<String, RowText> = HashMap::new();
+    for writer in writers {
+        let (txns, written) = writer.await.unwrap();
+        per_writer.push(txns);
+        rows.extend(written);
+    }
+    let end_of_writes = s.insert_lsn().await;
+
+    let topics: Vec<String> = ["order", "customer", "payment"]
+        .iter()
+        .map(|a| s.topic(a))
+        .collect();
+    let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let records = Broker::shared()
+        .consume_until(
+            &topic_refs,
+            Duration::from_secs(180),
+            distinct_at_least(rows.len(), id_of),
+        )
+        .await;
+
+    assert_eq!(
+        records.len(),
+        WRITERS * ROWS_PER_WRITER,
+        "exactly one record per row"
+    );
+    // Kafka's order is offset order within a partition (see read_topics on arrival order).
+    let mut records = records;
+    records
+        .sort_by(|a, b| (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset)));
+    // Per-key order is a per-topic guarantee; a writer's key appears in several topics.
+    let mut per_key: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for record in &records {
+        let id = id_of(record);
+        let row = rows
+            .get(&id)
+            .unwrap_or_else(|| panic!("record for unknown id {id}"));
+        assert_eq!(record.topic, s.topic(&row[1]), "topic of {id}");
+        assert_eq!(
+            record.key.as_deref(),
+            Some(row[2].as_bytes()),
+            "key of {id}"
+        );
+        assert_eq!(
+            record.payload.as_deref(),
+            Some(row[4].as_bytes()),
+            "value of {id}"
+        );
+        per_key
+            .entry((row[1].clone(), row[2].clone()))
+            .or_default()
+            .push(id);
+    }
+    // Keys are per writer and each writer commits in sequence, so per-key commit order is
+    // the writer's insertion order.
+    let mut expected: HashMap<(String, String), Vec<String>> = HashMap::new();
+    for txns in &per_writer {
+        for id in txns.iter().flat_map(|t| &t.ids) {
+            let row = &rows[id];
+            expected
+                .entry((row[1].clone(), row[2].clone()))
+                .or_default()
+                .push(id.clone());
+        }
+    }
+    assert_eq!(per_key.len(), expected.len(), "keys");
+    for (key, ids) in &expected {
+        let got = &per_key[key];
+        if let Some(i) = (0..ids.len()).find(|&i| got.get(i) != ids.get(i)) {
+            panic!(
+                "key {key:?}: per-key order differs from commit order at position {i} of {}: expected {} got {:?}",
+                ids.len(),
+                ids[i],
+                got.get(i)
+            );
+        }
+    }
+
+    wait_for(
+        "confirmed_flush_lsn to reach the last commit",
+        Duration::from_secs(30),
+        || async { (s.confirmed_flush().await >= end_of_writes).then_some(()) },
+    )
+    .await;
+    assert!(relay.is_running());
+    let status = relay.terminate();
+    assert!(status.success(), "graceful stop exits 0: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_mid_stream_loses_nothing_and_duplicates_keep_their_id() {
+    const ROWS: i64 = 50_000;
+    let s = setup("crash", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+
+    let db = s.db.clone();
+    let writer = tokio::spawn(async move {
+        let client = PgCluster::shared().client(&db).await;
+        for start in (0..ROWS).step_by(100) {
+            client
+                .execute(
+                    "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 50), 'Created', \
+                     jsonb_build_object('seq', i) FROM generate_series($1::bigint, $1::bigint + 99) AS i",
+                    &[&start],
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let topic = s.topic("order");
+    let before = Broker::shared()
+        .consume_until(&[&topic], Duration::from_secs(120), |r| r.len() >= 10_000)
+        .await;
+    relay.kill9();
+    println!(
+        "killed the relay after {} records were on Kafka",
+        before.len()
+    );
+    writer.await.unwrap();
+
+    let mut relay = s.start_relay();
+    let seq_of = |r: &ReceivedRecord| -> i64 {
+        let payload = String::from_utf8(r.payload.clone().unwrap()).unwrap();
+        payload
+            .trim_start_matches("{\"seq\": ")
+            .trim_end_matches('}')
+            .parse()
+            .unwrap()
+    };
+    let records = Broker::shared()
+        .consume_until(
+            &[&topic],
+            Duration::from_secs(180),
+            distinct_at_least(ROWS as usize, seq_of),
+        )
+        .await;
+    let mut ids_by_seq: HashMap<i64, HashSet<String>> = HashMap::new();
+    for record in &records {
+        ids_by_seq
+            .entry(seq_of(record))
+            .or_default()
+            .insert(id_of(record));
+    }
+    assert_eq!(
+        ids_by_seq.len() as i64,
+        ROWS,
+        "every row arrived at least once"
+    );
+    for (seq, ids) in &ids_by_seq {
+        assert_eq!(
+            ids.len(),
+            1,
+            "row {seq} arrived with different ids: {ids:?}"
+        );
+    }
+    let duplicates = records.len() as i64 - ROWS;
+    println!(
+        "crash test: {ROWS} rows, {} records, {duplicates} duplicates (same id header)",
+        records.len()
+    );
+    assert!(relay.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_deletes_and_truncates_publish_nothing_but_insert_then_delete_does() {
+    let s = setup("ignored", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+    let insert = |name: &str| {
+        format!("INSERT INTO outbox VALUES (gen_random_uuid(), 'order', 'same-key', 'Created', '{{\"name\": \"{name}\"}}')")
+    };
+    s.admin
+        .batch_execute(&format!(
+            "{a}; {b};
+             UPDATE outbox SET type = 'Changed';
+             DELETE FROM outbox WHERE payload->>'name' = 'b';
+             BEGIN; {c}; DELETE FROM outbox WHERE payload->>'name' = 'c'; COMMIT;
+             TRUNCATE outbox;
+             {d};",
+            a = insert("a"),
+            b = insert("b"),
+            c = insert("c"),
+            d = insert("d"),
+        ))
+        .await
+        .unwrap();
+    let topic = s.topic("order");
+    let records = Broker::shared()
+        .consume_until(&[&topic], Duration::from_secs(60), |r| {
+            r.iter()
+                .any(|r| r.payload.as_deref() == Some(&br#"{"name": "d"}"#[..]))
+        })
+        .await;
+    let mut records = records;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let names: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.payload.clone().unwrap()).unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            r#"{"name": "a"}"#,
+            r#"{"name": "b"}"#,
+            r#"{"name": "c"}"#,
+            r#"{"name": "d"}"#
+        ],
+        "only the inserts, in commit order"
+    );
+    assert!(records.iter().all(|r| r.header_str("id").is_some()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_row_transaction_is_delivered_with_bounded_memory() {
+    const ROWS: usize = 1_000_000;
+    let s = setup("large", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+    s.admin
+        .batch_execute(&format!(
+            "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 100), 'Created', \
+             jsonb_build_object('n', i) FROM generate_series(1, {ROWS}) AS i"
+        ))
+        .await
+        .unwrap();
+    let end = s.insert_lsn().await;
+    let topic = s.topic("order");
+    let records = Broker::shared()
+        .consume_count(&[&topic], ROWS, Duration::from_secs(600))
+        .await;
+    let distinct: HashSet<String> = records.iter().map(id_of).collect();
+    assert_eq!(distinct.len(), ROWS, "every row of the transaction arrived");
+    wait_for(
+        "the slot to pass the transaction",
+        Duration::from_secs(60),
+        || async { (s.confirmed_flush().await >= end).then_some(()) },
+    )
+    .await;
+    println!(
+        "large transaction: {ROWS} rows delivered; relay peak RSS {} MiB",
+        relay.peak_rss_kib() / 1024
+    );
+}
