@@ -11,15 +11,10 @@ use common::relay::{config_text, RelayProcess};
 use common::workload::{write_rows, RowText, WrittenTxn};
 use common::{wait_for, OUTBOX_DDL};
 
-/// The slot is held by a walsender. (`active` alone is also true while the slot is
-/// still being created by a SQL call, before it streams anything.)
-const STREAMING_SQL: &str = "SELECT 1 FROM pg_replication_slots s \
-     JOIN pg_stat_activity a ON a.pid = s.active_pid \
-     WHERE s.slot_name = $1 AND a.backend_type = 'walsender'";
-
 /// A database with the outbox, a relay config for it and a directory for logs.
 struct Setup {
     db: String,
+    slot: String,
     prefix: String,
     dir: tempfile::TempDir,
     config: std::path::PathBuf,
@@ -45,9 +40,10 @@ async fn setup(name: &str, extra: &str) -> Setup {
         println!("relay logs in {}", dir.path().display());
     }
     let config = dir.path().join("relay.toml");
+    let slot = format!("{name}_slot");
     let text = config_text(
         &cluster.url(&db),
-        &format!("{name}_slot"),
+        &slot,
         &Broker::shared().bootstrap(),
         &prefix,
         extra,
@@ -55,6 +51,7 @@ async fn setup(name: &str, extra: &str) -> Setup {
     std::fs::write(&config, text).unwrap();
     Setup {
         db,
+        slot,
         prefix,
         dir,
         config,
@@ -71,36 +68,13 @@ impl Setup {
         RelayProcess::start(&self.config, self.dir.path())
     }
 
-    /// Waits until the relay holds the slot, so rows written next are in its stream.
+    /// Waits until the relay streams from its slot, so rows written next are in its stream.
     async fn wait_streaming(&self, relay: &mut RelayProcess) {
-        let slot = self.slot();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            assert!(relay.is_running(), "relay exited:\n{}", relay.log());
-            let row = self.admin.query_opt(STREAMING_SQL, &[&slot]).await.unwrap();
-            if row.is_some() {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "relay never held its slot:\n{}",
-                relay.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn slot(&self) -> String {
-        std::fs::read_to_string(&self.config)
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("slot = \""))
-            .map(|s| s.trim_end_matches('"').to_owned())
-            .unwrap()
+        relay.wait_streaming(&self.admin, &self.slot).await;
     }
 
     async fn confirmed_flush(&self) -> outbox_relay::replication::Lsn {
-        common::confirmed_flush(&self.admin, &self.slot()).await
+        common::confirmed_flush(&self.admin, &self.slot).await
     }
 
     async fn insert_lsn(&self) -> outbox_relay::replication::Lsn {
