@@ -163,3 +163,40 @@ fn every_file_in_config_dir_parses() {
     }
     assert!(parsed > 0, "no config files found in {}", dir.display());
 }
+
+#[test]
+fn kafka_properties_that_weaken_guarantees_are_rejected_by_name() {
+    let text = format!(
+        "{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\"acks\" = \"1\"\n"
+    );
+    let line = error_line(&text);
+    assert!(
+        line.starts_with("relay.toml: kafka.properties: \"acks\" must stay all"),
+        "{line}"
+    );
+    let text = format!("{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\ntopic_partitions = 0\n");
+    assert!(error_line(&text).starts_with("relay.toml: kafka.topic_partitions: must be positive"));
+}
+
+#[test]
+fn topic_template_keeps_its_placeholder_while_env_is_expanded() {
+    let text = format!(
+        "{MINIMAL}[outbox]\ntopic = \"${{PGPASSWORD}}.${{routedByValue}}\"\n[outbox.tables.\"public.outbox\"]\ntopic = \"$${{X}}\"\n"
+    );
+    let config = parse(&text).unwrap();
+    assert_eq!(config.outbox.topic, "pw.${routedByValue}");
+    assert_eq!(
+        config.outbox.tables["public.outbox"].topic.as_deref(),
+        Some("${X}")
+    );
+}
+
+#[test]
+fn override_for_an_unlisted_table_is_rejected() {
+    let text = format!("{MINIMAL}[outbox.tables.\"public.other\"]\ntopic = \"t\"\n");
+    let line = error_line(&text);
+    assert!(
+        line.contains("outbox.tables: overrides \"public.other\", which is not listed"),
+        "{line}"
+    );
+}

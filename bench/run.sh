@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# Throughput benchmark: the relay against pg_recvlogical on the same backlog, in one run.
+#
+# Both replication slots are created before the backlog is written, so both see exactly
+# the same ROWS outbox rows. The relay drains its slot first (durable end to end: a slot
+# position is confirmed only once Kafka acknowledged every event before it), then
+# pg_recvlogical drains the other slot into a file; the two never compete for the CPUs.
+# Prints a side-by-side table. Reports only: a missed target does not fail the script,
+# a failed step does. Everything is stopped and removed on exit. See bench/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# EPOCHREALTIME and awk must agree on the decimal point.
+export LC_ALL=C
+# shellcheck source=scripts/lib/install.sh
+source scripts/lib/install.sh
+# shellcheck source=scripts/lib/services.sh
+source scripts/lib/services.sh
+
+ROWS=${ROWS:-1000000}
+BATCH=${BATCH:-1000}                   # rows per backlog transaction
+STALL_SECONDS=${STALL_SECONDS:-120}    # give up when a slot stops advancing this long
+RSS_TARGET_MIB=64
+RATIO_TARGET=0.90
+DB=bench
+RELAY=target/release/outbox-relay
+
+die() {
+  echo "bench: FAILED: $*" >&2
+  exit 1
+}
+
+# One value (or one |-separated row) from a query.
+psql_value() {
+  "$PG_BINDIR/psql" -X -A -t -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+    -d "$1" -c "$2"
+}
+
+# True while PID is a live process (not gone, not a zombie).
+alive() {
+  [[ -r /proc/$1/status ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
+}
+
+# A /proc/PID/status field in kB (VmRSS, VmHWM); 0 when the process is gone.
+proc_kb() {
+  awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' \
+    "/proc/$1/status" 2>/dev/null || echo 0
+}
+
+# CPU seconds (user + system) PID has used so far; 0 when it is gone.
+cpu_seconds() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  # Fields after the ")" closing the command name start at field 3 (state);
+  # utime and stime are fields 14 and 15, so the 12th and 13th from there.
+  awk -v tck="$(getconf CLK_TCK)" '{ printf "%.1f", ($12 + $13) / tck }' <<<"${stat##*) }"
+}
+
+# Busy and total jiffies of the whole machine (all cores), for a utilisation figure.
+machine_jiffies() {
+  awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat
+}
+
+# The walsender serving SLOT (its pid, while a client streams from it).
+walsender_pid() {
+  psql_value "$DB" "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = '$1'"
+}
+
+install_and_build() {
+  install_debian_packages
+  install_tansu
+  echo "== building the relay (release; the first build compiles librdkafka and takes minutes)"
+  cargo build --release --quiet --bin outbox-relay
+  [[ -x $RELAY ]] || die "cargo build did not produce $RELAY"
+}
+
+# Database, publication, both slots, then the backlog. Sets START_LSN and END_LSN.
+write_backlog() {
+  psql_run postgres "CREATE DATABASE $DB"
+  psql_run "$DB" "$(cat migrations/0001_outbox.sql)"
+  # Autovacuum of the fresh million-row table would otherwise land in one of the two
+  # measured runs (2 cores) and skew the comparison.
+  psql_run "$DB" "ALTER TABLE public.outbox SET (autovacuum_enabled = false)"
+  # The publication before the slots: pgoutput looks it up as of each decoded change.
+  psql_run "$DB" "CREATE PUBLICATION bench_pub FOR TABLE public.outbox"
+  # Both slots before any backlog row, so both streams hold exactly the same rows.
+  START_LSN=$(psql_value "$DB" "SELECT lsn FROM pg_create_logical_replication_slot('bench_relay', 'pgoutput')")
+  psql_value "$DB" "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
+
+  # One transaction per BATCH rows, committed inside a procedure (PG 11+), so a million rows
+  # take one round trip instead of a thousand psql runs.
+  psql_run "$DB" "
+CREATE PROCEDURE bench_fill(total bigint, batch int, INOUT end_lsn pg_lsn DEFAULT NULL)
+LANGUAGE plpgsql AS \$\$
+DECLARE
+  done bigint := 0;
+  n bigint;
+BEGIN
+  WHILE done < total LOOP
+    n := least(batch, total - done);
+    INSERT INTO public.outbox (id, aggregatetype, aggregateid, type, payload)
+    SELECT gen_random_uuid(), k.aggregatetype, k.aggregateid, k.type,
+           jsonb_build_object(
+             'aggregateId', k.aggregateid,
+             'sequence', i,
+             'status', 'CONFIRMED',
+             'amountCents', (i * 7919) % 100000,
+             'currency', 'EUR',
+             'occurredAt', clock_timestamp(),
+             'reference', md5(i::text),
+             'channel', 'web')
+    FROM generate_series(done + 1, done + n) AS i
+    CROSS JOIN LATERAL (
+      SELECT (ARRAY['order', 'payment', 'customer'])[1 + i % 3] AS aggregatetype,
+             (ARRAY['OrderPlaced', 'PaymentCaptured', 'CustomerUpdated'])[1 + i % 3] AS type,
+             md5(((i * 7919) % 1000)::text)::uuid::text AS aggregateid
+    ) AS k;
+    done := done + n;
+    IF done >= total THEN
+      -- The end mark is taken inside the last transaction, after its last row and before
+      -- its COMMIT: any slot position at or past it means that COMMIT was confirmed.
+      -- (The insert position after the COMMIT can lie past anything a client confirms:
+      -- pg_recvlogical confirms only the end of the last message it received, and
+      -- unrelated WAL such as a checkpoint may follow the COMMIT.)
+      end_lsn := pg_current_wal_insert_lsn();
+    END IF;
+    COMMIT;
+  END LOOP;
+END
+\$\$"
+  echo "== writing the backlog: $ROWS outbox rows in transactions of $BATCH"
+  local t0=$EPOCHREALTIME
+  END_LSN=$(psql_value "$DB" "CALL bench_fill($ROWS, $BATCH)")
+  [[ -n $END_LSN ]] || die "the backlog procedure returned no end LSN"
+  local count wal_mb
+  count=$(psql_value "$DB" "SELECT count(*) FROM public.outbox")
+  ((count == ROWS)) || die "expected $ROWS outbox rows, found $count"
+  wal_mb=$(psql_value "$DB" "SELECT round(('$END_LSN'::pg_lsn - '$START_LSN'::pg_lsn) / 1048576.0)")
+  printf 'backlog written in %.1f s: %s MiB of WAL (%s .. %s), avg payload %s bytes\n' \
+    "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { print b - a }')" "$wal_mb" "$START_LSN" "$END_LSN" \
+    "$(psql_value "$DB" "SELECT round(avg(length(payload::text))) FROM (SELECT payload FROM public.outbox LIMIT 1000) s")"
+  # Flush dirty buffers now rather than in the middle of a measured run.
+  psql_run "$DB" "CHECKPOINT"
+}
+
+# Prints the tail of a consumer's log and fails.
+fail_with_log() {
+  echo "---- last lines of $1" >&2
+  tail -n 40 "$1" >&2 || true
+  die "$2"
+}
+
+# Polls every ~100 ms until SLOT's confirmed_flush_lsn reaches END_LSN while the consumer
+# PID runs. Sets ELAPSED (seconds since T0) and PEAK_RSS_KB (largest VmRSS sampled).
+measure_until_confirmed() {
+  local slot=$1 pid=$2 log=$3 t0=$4
+  local confirmed="" reached pct rss last="" last_move=$SECONDS next_note=$((SECONDS + 10))
+  PEAK_RSS_KB=0
+  while :; do
+    alive "$pid" || fail_with_log "$log" "the consumer of slot $slot exited before reaching $END_LSN"
+    rss=$(proc_kb "$pid" VmRSS)
+    ((rss > PEAK_RSS_KB)) && PEAK_RSS_KB=$rss
+    IFS='|' read -r confirmed reached pct < <(psql_value "$DB" "
+      SELECT confirmed_flush_lsn, confirmed_flush_lsn >= '$END_LSN',
+             round(100 * (confirmed_flush_lsn - '$START_LSN') / ('$END_LSN'::pg_lsn - '$START_LSN'))
+      FROM pg_replication_slots WHERE slot_name = '$slot'")
+    [[ $reached == t ]] && break
+    if [[ $confirmed != "$last" ]]; then
+      last=$confirmed
+      last_move=$SECONDS
+    elif ((SECONDS - last_move > STALL_SECONDS)); then
+      fail_with_log "$log" "slot $slot stuck at $confirmed for ${STALL_SECONDS}s (end $END_LSN)"
+    fi
+    if ((SECONDS >= next_note)); then
+      echo "   ... $slot at $confirmed ($pct% of the backlog's WAL)"
+      next_note=$((SECONDS + 10))
+    fi
+    sleep 0.1
+  done
+  ELAPSED=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.3f", b - a }')
+}
+
+relay_run() {
+  local config="$WORK/relay.toml" log="$WORK/relay.log"
+  cat >"$config" <<TOML
+[source]
+url = "postgres://postgres@127.0.0.1:${PG_PORT}/${DB}"
+slot = "bench_relay"
+publication = "bench_pub"
+tables = ["public.outbox"]
+create_slot = false
+create_publication = false
+
+[kafka]
+bootstrap_servers = "127.0.0.1:${BROKER_PORT}"
+topic_partitions = 3
+topic_replication_factor = 1
+TOML
+  echo "== relay run: draining slot bench_relay to Kafka (log: $log)"
+  local jiffies0 broker_cpu0 t0 pid walsender
+  read -r -a jiffies0 < <(machine_jiffies)
+  broker_cpu0=$(cpu_seconds "$BROKER_PID")
+  t0=$EPOCHREALTIME
+  "$RELAY" run --config "$config" >"$log" 2>&1 &
+  pid=$!
+  services_track "$pid"
+  measure_until_confirmed bench_relay "$pid" "$log" "$t0"
+  RELAY_SECONDS=$ELAPSED
+  # VmHWM is the kernel's own peak, catching spikes between our samples.
+  local hwm
+  hwm=$(proc_kb "$pid" VmHWM)
+  RELAY_PEAK_KB=$((hwm > PEAK_RSS_KB ? hwm : PEAK_RSS_KB))
+  walsender=$(walsender_pid bench_relay)
+  RELAY_CPU="relay $(cpu_seconds "$pid") s, walsender $(cpu_seconds "$walsender") s, tansu $(awk \
+    -v a="$broker_cpu0" -v b="$(cpu_seconds "$BROKER_PID")" 'BEGIN { printf "%.1f", b - a }') s, $(machine_busy "${jiffies0[@]}")"
+  kill -TERM "$pid"
+  local rc=0
+  wait "$pid" || rc=$?
+  ((rc == 0)) || fail_with_log "$log" "the relay exited with status $rc after SIGTERM"
+}
+
+# "machine busy NN% of N cores" since the given busy/total jiffies.
+machine_busy() {
+  local now
+  read -r -a now < <(machine_jiffies)
+  awk -v b0="$1" -v t0="$2" -v b1="${now[0]}" -v t1="${now[1]}" -v n="$(nproc)" \
+    'BEGIN { printf "machine busy %.0f%% of %d cores", 100 * (b1 - b0) / (t1 - t0), n }'
+}
+
+recv_run() {
+  local log="$WORK/recv.log"
+  echo "== pg_recvlogical run: draining slot bench_recv to $WORK/recv.out (log: $log)"
+  local jiffies0 t0 pid walsender
+  read -r -a jiffies0 < <(machine_jiffies)
+  t0=$EPOCHREALTIME
+  # -s 1 / -F 1: report and fsync every second, so the slot moves about as often as the relay's.
+  "$PG_BINDIR/pg_recvlogical" -d "host=127.0.0.1 port=$PG_PORT dbname=$DB user=postgres" \
+    --slot bench_recv --start -o proto_version=1 -o publication_names=bench_pub \
+    -f "$WORK/recv.out" --no-loop -s 1 -F 1 >"$log" 2>&1 &
+  pid=$!
+  services_track "$pid"
+  measure_until_confirmed bench_recv "$pid" "$log" "$t0"
+  RECV_SECONDS=$ELAPSED
+  walsender=$(walsender_pid bench_recv)
+  RECV_CPU="pg_recvlogical $(cpu_seconds "$pid") s, walsender $(cpu_seconds "$walsender") s, $(machine_busy "${jiffies0[@]}")"
+  kill -INT "$pid"
+  local rc=0
+  wait "$pid" || rc=$?
+  ((rc == 0)) || fail_with_log "$log" "pg_recvlogical exited with status $rc after SIGINT"
+}
+
+print_report() {
+  awk -v rows="$ROWS" -v rs="$RELAY_SECONDS" -v cs="$RECV_SECONDS" -v kb="$RELAY_PEAK_KB" \
+      -v rss_target="$RSS_TARGET_MIB" -v ratio_target="$RATIO_TARGET" '
+    BEGIN {
+      relay = rows / rs; recv = rows / cs; mib = kb / 1024
+      printf "\n"
+      printf "%-21s %d\n", "backlog rows", rows
+      printf "%-21s %-7d (%.1f s)   peak RSS %.0f MiB\n", "relay rows/s", relay, rs, mib
+      printf "%-21s %-7d (%.1f s)\n", "pg_recvlogical rows/s", recv, cs
+      printf "%-21s %-7.2f (target >= %.2f)\n", "ratio relay/recv", relay / recv, ratio_target
+      printf "%-21s < %d MiB: %s\n", "peak RSS target", rss_target, mib < rss_target ? "PASS" : "FAIL"
+    }'
+  echo
+  echo "CPU during the relay run:          $RELAY_CPU"
+  echo "CPU during the pg_recvlogical run: $RECV_CPU"
+}
+
+main() {
+  [[ $ROWS =~ ^[1-9][0-9]*$ ]] || die "ROWS must be a positive integer, got '$ROWS'"
+  [[ $BATCH =~ ^[1-9][0-9]*$ ]] || die "BATCH must be a positive integer, got '$BATCH'"
+  install_and_build
+
+  services_init bench
+  trap services_cleanup EXIT
+  pg_start
+  broker_start
+  # broker_start tracks the broker as the latest pid; kept to read its CPU time.
+  BROKER_PID=${TRACKED_PIDS[-1]}
+
+  write_backlog
+  relay_run
+  recv_run
+  print_report
+}
+
+main "$@"
