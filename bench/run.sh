@@ -153,16 +153,17 @@ fail_with_log() {
 # PID runs. Sets ELAPSED (seconds since T0) and PEAK_RSS_KB (largest VmRSS sampled).
 measure_until_confirmed() {
   local slot=$1 pid=$2 log=$3 t0=$4
-  local confirmed="" reached pct rss last="" last_move=$SECONDS next_note=$((SECONDS + 10))
+  local row confirmed reached pct rss last="" last_move=$SECONDS next_note=$((SECONDS + 10))
   PEAK_RSS_KB=0
   while :; do
     alive "$pid" || fail_with_log "$log" "the consumer of slot $slot exited before reaching $END_LSN"
     rss=$(proc_kb "$pid" VmRSS)
     ((rss > PEAK_RSS_KB)) && PEAK_RSS_KB=$rss
-    IFS='|' read -r confirmed reached pct < <(psql_value "$DB" "
+    row=$(psql_value "$DB" "
       SELECT confirmed_flush_lsn, confirmed_flush_lsn >= '$END_LSN',
              round(100 * (confirmed_flush_lsn - '$START_LSN') / ('$END_LSN'::pg_lsn - '$START_LSN'))
       FROM pg_replication_slots WHERE slot_name = '$slot'")
+    IFS='|' read -r confirmed reached pct <<<"$row"
     [[ $reached == t ]] && break
     if [[ $confirmed != "$last" ]]; then
       last=$confirmed
@@ -232,7 +233,8 @@ recv_run() {
   local jiffies0 t0 pid walsender
   read -r -a jiffies0 < <(machine_jiffies)
   t0=$EPOCHREALTIME
-  # -s 1 / -F 1: report and fsync every second, so the slot moves about as often as the relay's.
+  # -s 1 / -F 1: fsync and report every second (the defaults are 10 s); the slot then trails
+  # what pg_recvlogical has written by at most about a second.
   "$PG_BINDIR/pg_recvlogical" -d "host=127.0.0.1 port=$PG_PORT dbname=$DB user=postgres" \
     --slot bench_recv --start -o proto_version=1 -o publication_names=bench_pub \
     -f "$WORK/recv.out" --no-loop -s 1 -F 1 >"$log" 2>&1 &
