@@ -63,6 +63,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         )
     })?;
     prepare_database(&config, &shutdown).await?;
+    if shutdown.is_cancelled() {
+        return Ok(());
+    }
     let checkpoint = SharedCheckpoint::new(Lsn::ZERO);
     let producer = EventProducer::new(&kafka, checkpoint.clone())?;
     let topics = TopicManager::new(&kafka)?;
