@@ -13,8 +13,11 @@
 //! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
 //! - [`outbox`]: a row change → the Kafka record it becomes (Debezium-compatible routing).
+//! - [`dlq`]: the dead-letter record for a row that can never be published.
 //! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements.
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
+//! - [`policy`]: the one map from failure to retry, dead-letter or stop.
+//! - [`metrics`]: metric names and descriptions.
 //! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], graceful stop.
 
 pub mod admin_sql;
@@ -22,10 +25,13 @@ pub mod backoff;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
+pub mod dlq;
 pub mod ident;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
+pub mod policy;
 pub mod replication;
 pub mod source;
 pub mod tail;

@@ -32,6 +32,11 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Dead-letter topic tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// Print the records on Kafka topics (from the beginning), one line each.
     Tail {
         /// The relay's TOML config file (for [kafka]).
@@ -40,6 +45,22 @@ enum Command {
         /// Topics to read.
         #[arg(long = "topic", required = true)]
         topics: Vec<String>,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Stop after this many milliseconds without a record.
+        #[arg(long, default_value_t = 5_000)]
+        idle_timeout_ms: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print each dead-lettered row: table, id, class, commit LSN and reason.
+    Inspect {
+        /// The relay's TOML config file (for [kafka] and [dlq]).
+        #[arg(long, short)]
+        config: PathBuf,
         /// Stop after this many records.
         #[arg(long)]
         max: Option<usize>,
@@ -70,7 +91,15 @@ fn main() -> ExitCode {
             topics,
             max,
             idle_timeout_ms,
-        } => runtime.block_on(tail(&config, topics, max, idle_timeout_ms)),
+        } => runtime.block_on(tail(&config, Some(topics), max, idle_timeout_ms)),
+        Command::Dlq {
+            command:
+                DlqCommand::Inspect {
+                    config,
+                    max,
+                    idle_timeout_ms,
+                },
+        } => runtime.block_on(tail(&config, None, max, idle_timeout_ms)),
     }
 }
 
@@ -156,9 +185,10 @@ async fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// `tail` with `topics`, or `dlq inspect` (every dead-letter topic of the config) without.
 async fn tail(
     path: &Path,
-    topics: Vec<String>,
+    topics: Option<Vec<String>>,
     max: Option<usize>,
     idle_timeout_ms: u64,
 ) -> ExitCode {
@@ -173,12 +203,28 @@ async fn tail(
         );
         return ExitCode::from(2);
     };
+    type Render = fn(&rdkafka::message::BorrowedMessage<'_>) -> String;
+    let (topics, render): (Vec<String>, Render) = match topics {
+        Some(topics) => (topics, outbox_relay::tail::describe),
+        None => {
+            let mut topics = vec![config.dlq.topic.clone()];
+            topics.extend(
+                config
+                    .outbox
+                    .tables
+                    .values()
+                    .filter_map(|t| t.dlq_topic.clone()),
+            );
+            topics.dedup();
+            (topics, outbox_relay::tail::describe_dead_letter)
+        }
+    };
     let options = outbox_relay::tail::TailOptions {
         topics,
         max_records: max,
         idle_timeout: Duration::from_millis(idle_timeout_ms),
     };
-    match outbox_relay::tail::tail(&kafka, &options, |line| println!("{line}")).await {
+    match outbox_relay::tail::tail(&kafka, &options, render, |line| println!("{line}")).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

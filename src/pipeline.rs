@@ -23,10 +23,14 @@ use crate::admin_sql::{self, AdminError};
 use crate::backoff::Backoff;
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::Config;
+use crate::config::OnError;
+use crate::dlq;
 use crate::kafka::{EventProducer, PublishError, TopicManager};
-use crate::outbox::{Routed, Router, RowProblem};
+use crate::metrics as metric;
+use crate::outbox::{OutboundRecord, Routed, Router, TablePolicy};
+use crate::policy::{self, Action, Failure};
 use crate::replication::{Lsn, ReplicationError};
-use crate::source::{EventBatch, Source, SourceSettings};
+use crate::source::{EventBatch, Source, SourceEvent, SourceSettings};
 
 /// How often the sink looks for failed deliveries while no events arrive.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
@@ -42,13 +46,14 @@ pub enum RelayError {
     Replication(#[from] ReplicationError),
     #[error(transparent)]
     Publish(#[from] PublishError),
-    #[error("row of table {table} (xid {xid}, commit {lsn}) cannot be published: {problem}")]
+    #[error("row {} of table {table} (xid {xid}, commit {lsn}) cannot be published ({class}): {reason}; fix the row or the [outbox] config, or set on_error = \"dlq\"", id.as_deref().unwrap_or("(no id)"))]
     Row {
         table: Arc<str>,
+        id: Option<String>,
         xid: u32,
         lsn: Lsn,
-        #[source]
-        problem: RowProblem,
+        class: &'static str,
+        reason: String,
     },
     #[error("internal error: {0}")]
     Internal(String),
@@ -71,26 +76,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let topics = TopicManager::new(&kafka)?;
     let (events_tx, events_rx) = mpsc::channel(config.source.channel_capacity_batches);
     let sink = Sink {
-        router: Router::new(&config.outbox),
+        router: Router::new(&config.outbox, &config.dlq.topic),
         producer,
         topics,
         checkpoint: checkpoint.clone(),
     };
-    let mut sink_task = tokio::spawn(sink.run(events_rx, shutdown.clone()));
     let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
+    let mut sink_task = tokio::spawn(sink.run(events_rx, shutdown.clone(), drain_timeout));
+    let halt = CancellationToken::new();
     let mut source_task: JoinHandle<Result<(), RelayError>> = tokio::spawn(run_source(
         config.clone(),
         checkpoint,
         events_tx,
         shutdown.clone(),
+        halt.clone(),
     ));
     tokio::select! {
-        // The sink failed (or ended first): stop reading WAL at once. Nothing unsafe has
-        // been acknowledged; the last status update sent stays the slot's position.
+        // The sink failed (or ended first): stop reading WAL, report what was delivered
+        // before the failure, and stop. Nothing after it is acknowledged.
         sink_result = &mut sink_task => {
-            source_task.abort();
-            flatten(sink_result)?;
-            Ok(())
+            halt.cancel();
+            match tokio::time::timeout(drain_timeout, &mut source_task).await {
+                Ok(source_result) => {
+                    if let Err(e) = flatten(source_result) {
+                        warn!(error = %e, "replication did not stop cleanly");
+                    }
+                }
+                Err(_) => source_task.abort(),
+            }
+            flatten(sink_result)
         }
         source_result = &mut source_task => {
             let source_result = flatten(source_result);
@@ -144,6 +158,7 @@ async fn run_source(
     checkpoint: SharedCheckpoint,
     events: mpsc::Sender<EventBatch>,
     shutdown: CancellationToken,
+    halt: CancellationToken,
 ) -> Result<(), RelayError> {
     let pg = config.postgres_config();
     let settings = SourceSettings::from_config(&config);
@@ -154,17 +169,22 @@ async fn run_source(
             Ok(source) => {
                 backoff.reset();
                 source
-                    .run(events.clone(), shutdown.clone(), drain_timeout)
+                    .run(
+                        events.clone(),
+                        shutdown.clone(),
+                        halt.clone(),
+                        drain_timeout,
+                    )
                     .await
             }
             Err(e) => Err(e),
         };
         match outcome {
             Ok(()) => return Ok(()),
-            Err(e) if e.is_retryable() && !shutdown.is_cancelled() => {
+            Err(e) if e.is_retryable() && !shutdown.is_cancelled() && !halt.is_cancelled() => {
                 warn!(error = %e, "replication connection lost; reconnecting");
             }
-            Err(e) if shutdown.is_cancelled() => {
+            Err(e) if shutdown.is_cancelled() || halt.is_cancelled() => {
                 info!(error = %e, "replication ended during shutdown");
                 return Ok(());
             }
@@ -201,17 +221,26 @@ impl Sink {
         mut self,
         mut events: mpsc::Receiver<EventBatch>,
         shutdown: CancellationToken,
+        flush_timeout: Duration,
     ) -> Result<(), RelayError> {
         let mut failure_check = tokio::time::interval(FAILURE_CHECK_INTERVAL);
-        loop {
-            tokio::select! {
+        let outcome = loop {
+            let step = tokio::select! {
                 batch = events.recv() => match batch {
-                    Some(batch) => self.publish(batch, &shutdown).await?,
-                    None => break,
+                    Some(batch) => self.publish(batch, &shutdown).await,
+                    None => break Ok(()),
                 },
-                _ = failure_check.tick() => self.producer.check_failures()?,
+                _ = failure_check.tick() => self.producer.check_failures().map_err(RelayError::from),
+            };
+            if let Err(e) = step {
+                break Err(e);
             }
-        }
+        };
+        // Whatever was handed to librdkafka before a stop still gets its chance to be
+        // delivered (and acknowledged), so the slot ends as close to the failure as is safe.
+        let producer = &self.producer;
+        tokio::task::block_in_place(|| producer.flush(flush_timeout)).ok();
+        outcome?;
         self.producer.check_failures()?;
         Ok(())
     }
@@ -223,30 +252,114 @@ impl Sink {
     ) -> Result<(), RelayError> {
         for event in batch {
             match self.router.route(&event.change) {
-                Routed::Publish(record) => {
-                    self.ensure_topic(&record.topic, shutdown).await?;
-                    self.producer.send(&record, event.seq).await?;
-                }
+                Routed::Publish(record) => self.publish_record(&event, record, shutdown).await?,
                 Routed::Ignore { table, operation } => {
                     debug!(%table, operation, "ignored outbox operation");
+                    metrics::counter!(metric::EVENTS_IGNORED, "table" => table.to_string(), "op" => operation)
+                        .increment(1);
                     self.ack(&event)?;
                 }
-                Routed::Reject { table, problem } => {
-                    let error = RelayError::Row {
-                        table,
-                        xid: event.transaction.xid,
-                        lsn: event.transaction.commit_lsn,
-                        problem,
+                Routed::Reject { policy, problem } => {
+                    let reason = dlq::Reason {
+                        class: problem.class(),
+                        message: problem.to_string(),
                     };
-                    error!(error = %error, "stopping: the slot stays before this row");
-                    return Err(error);
+                    self.reject(&event, &policy, None, reason, shutdown).await?;
                 }
             }
         }
         Ok(())
     }
 
-    fn ack(&self, event: &crate::source::SourceEvent) -> Result<(), RelayError> {
+    /// Sends a routed record; a failure that concerns only this row dead-letters it.
+    async fn publish_record(
+        &mut self,
+        event: &SourceEvent,
+        record: OutboundRecord,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let sent = match self.ensure_topic(&record.topic, shutdown).await {
+            Ok(()) => self.producer.send(&record, event.seq).await,
+            Err(e) => Err(e),
+        };
+        let Err(error) = sent else {
+            return Ok(());
+        };
+        match policy::classify(Failure::Publish(&error)) {
+            Action::DeadLetter => {
+                let reason = dlq::Reason {
+                    class: policy::publish_class(&error),
+                    message: error.to_string(),
+                };
+                let policy = Arc::clone(&record.policy);
+                self.reject(event, &policy, Some(&record), reason, shutdown)
+                    .await
+            }
+            Action::Retry | Action::Stop => Err(error.into()),
+        }
+    }
+
+    /// A row that can never be published: stop (`on_error = "stop"`) or dead-letter it.
+    async fn reject(
+        &mut self,
+        event: &SourceEvent,
+        policy: &Arc<TablePolicy>,
+        original: Option<&OutboundRecord>,
+        reason: dlq::Reason,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let dead = dlq::record(event, policy, original, &reason);
+        let id = dead
+            .headers
+            .iter()
+            .find(|(name, _)| &**name == "id")
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned());
+        if policy.on_error == OnError::Stop {
+            let error = RelayError::Row {
+                table: Arc::clone(&policy.table),
+                id,
+                xid: event.transaction.xid,
+                lsn: event.transaction.commit_lsn,
+                class: reason.class,
+                reason: reason.message,
+            };
+            error!(error = %error, "stopping (on_error = \"stop\"): the slot stays before this row");
+            return Err(error);
+        }
+        warn!(
+            table = %policy.table,
+            lsn = %event.transaction.commit_lsn,
+            id = id.as_deref().unwrap_or("unknown"),
+            class = reason.class,
+            reason = %reason.message,
+            dlq = %dead.topic,
+            "dead-lettering row"
+        );
+        metrics::counter!(metric::EVENTS_DEAD_LETTERED, "table" => policy.table.to_string(), "class" => reason.class)
+            .increment(1);
+        // The dead-letter topic must take the row: retry without limit, never drop it,
+        // and acknowledge nothing after it meanwhile (the checkpoint waits for it).
+        let mut backoff = Backoff::default();
+        loop {
+            let sent = match self.ensure_topic(&dead.topic, shutdown).await {
+                Ok(()) => self.producer.send(&dead, event.seq).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    warn!(dlq = %dead.topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot write the dead-letter topic; retrying");
+                    tokio::select! {
+                        _ = sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Err(e.into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn ack(&self, event: &SourceEvent) -> Result<(), RelayError> {
         self.checkpoint
             .ack(event.seq, 1)
             .map_err(|e| RelayError::Internal(e.to_string()))
@@ -257,7 +370,7 @@ impl Sink {
         &mut self,
         topic: &Arc<str>,
         shutdown: &CancellationToken,
-    ) -> Result<(), RelayError> {
+    ) -> Result<(), PublishError> {
         let mut backoff = Backoff::default();
         loop {
             match self.topics.ensure(topic, &self.producer).await {
@@ -267,10 +380,10 @@ impl Sink {
                     warn!(%topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot create topic yet");
                     tokio::select! {
                         _ = sleep(delay) => {}
-                        _ = shutdown.cancelled() => return Err(e.into()),
+                        _ = shutdown.cancelled() => return Err(e),
                     }
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }

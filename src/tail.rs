@@ -32,6 +32,7 @@ pub struct TailOptions {
 pub async fn tail(
     kafka: &KafkaConfig,
     options: &TailOptions,
+    render: fn(&BorrowedMessage<'_>) -> String,
     mut print: impl FnMut(String),
 ) -> Result<usize, PublishError> {
     let group = format!("outbox-relay-tail-{}", std::process::id());
@@ -58,7 +59,7 @@ pub async fn tail(
             Err(_) => break,
             Ok(Err(e)) => return Err(PublishError::Client(e)),
             Ok(Ok(message)) => {
-                print(describe(&message));
+                print(render(&message));
                 count += 1;
             }
         }
@@ -88,6 +89,29 @@ async fn partitions_when_present(
         }
         tokio::time::sleep(METADATA_POLL).await;
     }
+}
+
+/// One dead-letter record: `table=... id=... class=... lsn=... reason=...`.
+pub fn describe_dead_letter(message: &BorrowedMessage<'_>) -> String {
+    let header = |name: &str| {
+        message
+            .headers()
+            .and_then(|headers| headers.iter().find(|h| h.key == name))
+            .and_then(|h| h.value)
+            .map_or_else(
+                || "-".to_owned(),
+                |v| String::from_utf8_lossy(v).into_owned(),
+            )
+    };
+    format!(
+        "table={} id={} class={} lsn={} xid={} reason={}",
+        header(crate::dlq::HEADER_SOURCE_TABLE),
+        header("id"),
+        header(crate::dlq::HEADER_ERROR_CLASS),
+        header(crate::dlq::HEADER_SOURCE_LSN),
+        header(crate::dlq::HEADER_SOURCE_XID),
+        header(crate::dlq::HEADER_ERROR_MESSAGE),
+    )
 }
 
 /// One line: `topic[partition]@offset key=... headers={...} value=...`.

@@ -286,7 +286,12 @@ async fn server_errors_carry_their_sqlstate() {
     })
     .await;
     let (tx, _rx) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(source.run(tx, CancellationToken::new(), Duration::from_secs(1)));
+    let task = tokio::spawn(source.run(
+        tx,
+        CancellationToken::new(),
+        CancellationToken::new(),
+        Duration::from_secs(1),
+    ));
     admin
         .batch_execute("INSERT INTO outbox VALUES (gen_random_uuid(), 'a', '1', 't', '{}')")
         .await

@@ -12,7 +12,7 @@ pub mod interpolate;
 mod outbox;
 
 pub use outbox::{
-    HeaderColumn, OutboxConfig, OutboxOverride, TableMapping, DEFAULT_ID_COLUMN,
+    HeaderColumn, OnError, OutboxConfig, OutboxOverride, TableMapping, DEFAULT_ID_COLUMN,
     DEFAULT_KEY_COLUMN, DEFAULT_PAYLOAD_COLUMN, DEFAULT_ROUTE_BY_FIELD, DEFAULT_TOPIC_TEMPLATE,
     ROUTED_BY_VALUE,
 };
@@ -37,6 +37,8 @@ pub const DEFAULT_CHANNEL_CAPACITY_BATCHES: usize = 16;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Default for `source.shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Default for `kafka.unknown_topic_wait_ms`.
+pub const DEFAULT_UNKNOWN_TOPIC_WAIT_MS: u64 = 30_000;
 /// Default for `kafka.topic_partitions` of created topics: the broker's default.
 pub const DEFAULT_TOPIC_PARTITIONS: i32 = -1;
 /// Default for `kafka.topic_replication_factor` of created topics: the broker's default.
@@ -50,6 +52,31 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// Required by `run`; `check` does not need it.
     pub kafka: Option<KafkaConfig>,
+    #[serde(default)]
+    pub dlq: DlqConfig,
+}
+
+/// `[dlq]`: where rows that can never be published go, with the reason.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlqConfig {
+    #[serde(default = "default_dlq_topic")]
+    pub topic: String,
+}
+
+impl Default for DlqConfig {
+    fn default() -> Self {
+        DlqConfig {
+            topic: default_dlq_topic(),
+        }
+    }
+}
+
+/// Default for `dlq.topic`.
+pub const DEFAULT_DLQ_TOPIC: &str = "outbox.dlq";
+
+fn default_dlq_topic() -> String {
+    DEFAULT_DLQ_TOPIC.into()
 }
 
 /// `[source]`: where the outbox rows come from.
@@ -96,6 +123,10 @@ pub struct KafkaConfig {
     /// Replication factor of created topics; -1 takes the broker's default.
     #[serde(default = "default_topic_replication_factor")]
     pub topic_replication_factor: i32,
+    /// With `create_topics = false`: how long a row waits for its missing topic to appear
+    /// before it is dead-lettered as `unknown_topic`.
+    #[serde(default = "default_unknown_topic_wait_ms")]
+    pub unknown_topic_wait_ms: u64,
     /// librdkafka producer properties, passed through; those that would weaken the
     /// relay's guarantees are rejected (see [`crate::kafka::properties`]).
     #[serde(default)]
@@ -119,6 +150,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_shutdown_timeout_ms() -> u64 {
     DEFAULT_SHUTDOWN_TIMEOUT_MS
+}
+fn default_unknown_topic_wait_ms() -> u64 {
+    DEFAULT_UNKNOWN_TOPIC_WAIT_MS
 }
 fn default_topic_partitions() -> i32 {
     DEFAULT_TOPIC_PARTITIONS
@@ -327,6 +361,21 @@ impl Config {
                     format!("of {name} must not be empty"),
                 ));
             }
+        }
+        if let Some(problem) = crate::outbox::topic::topic_name_problem(&self.dlq.topic) {
+            return Err(("dlq.topic", format!("{:?} {problem}", self.dlq.topic)));
+        }
+        for (name, table) in &self.outbox.tables {
+            if let Some(problem) = table
+                .dlq_topic
+                .as_deref()
+                .and_then(crate::outbox::topic::topic_name_problem)
+            {
+                return Err(("outbox.tables.dlq_topic", format!("of {name} {problem}")));
+            }
+        }
+        if self.outbox.max_record_bytes < 1_024 {
+            return Err(("outbox.max_record_bytes", "must be at least 1024".into()));
         }
         if let Some(kafka) = &self.kafka {
             if kafka.bootstrap_servers.trim().is_empty() {

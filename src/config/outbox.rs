@@ -34,6 +34,17 @@ pub struct OutboxConfig {
     /// More columns sent as Kafka headers, e.g. `type` as header `eventType`.
     #[serde(default)]
     pub additional_headers: Vec<HeaderColumn>,
+    /// What to do with a row that can never be published as configured.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Check that a payload is valid JSON (for `text` payload columns; `json`/`jsonb`
+    /// columns are checked by PostgreSQL already).
+    #[serde(default)]
+    pub payload_json: bool,
+    /// Largest record (key + value + headers) to hand to Kafka; larger rows are dead-lettered.
+    /// Keep it at or under the broker's `message.max.bytes`.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
     /// Per-table overrides of the keys above, by `schema.table`.
     #[serde(default)]
     pub tables: BTreeMap<String, OutboxOverride>,
@@ -64,6 +75,29 @@ pub struct OutboxOverride {
     pub route_by_field: Option<Identifier>,
     pub topic: Option<String>,
     pub additional_headers: Option<Vec<HeaderColumn>>,
+    pub on_error: Option<OnError>,
+    pub payload_json: Option<bool>,
+    pub max_record_bytes: Option<usize>,
+    /// This table's dead-letter topic instead of `dlq.topic`.
+    pub dlq_topic: Option<String>,
+}
+
+/// `on_error`: what happens to a row that can never be published as configured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Publish it to the dead-letter topic with the reason, and go on.
+    #[default]
+    Dlq,
+    /// Stop the relay without acknowledging it; the operator fixes the row or the config.
+    Stop,
+}
+
+/// Default for `outbox.max_record_bytes`: Kafka's default `message.max.bytes` (1 MiB).
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 1_048_576;
+
+fn default_max_record_bytes() -> usize {
+    DEFAULT_MAX_RECORD_BYTES
 }
 
 impl Default for OutboxConfig {
@@ -75,6 +109,9 @@ impl Default for OutboxConfig {
             route_by_field: default_route_by_field(),
             topic: default_topic_template(),
             additional_headers: Vec::new(),
+            on_error: OnError::default(),
+            payload_json: false,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             tables: BTreeMap::new(),
         }
     }
@@ -89,6 +126,11 @@ pub struct TableMapping {
     pub route_by_field: Identifier,
     pub topic: String,
     pub additional_headers: Vec<HeaderColumn>,
+    pub on_error: OnError,
+    pub payload_json: bool,
+    pub max_record_bytes: usize,
+    /// The table's own dead-letter topic; `None` means `dlq.topic`.
+    pub dlq_topic: Option<String>,
 }
 
 /// The placeholder in topic templates, as in Debezium's `route.topic.replacement`.
@@ -131,6 +173,10 @@ impl OutboxConfig {
             additional_headers: o
                 .additional_headers
                 .unwrap_or_else(|| self.additional_headers.clone()),
+            on_error: o.on_error.unwrap_or(self.on_error),
+            payload_json: o.payload_json.unwrap_or(self.payload_json),
+            max_record_bytes: o.max_record_bytes.unwrap_or(self.max_record_bytes),
+            dlq_topic: o.dlq_topic,
         }
     }
 }

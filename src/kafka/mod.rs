@@ -32,19 +32,23 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether retrying can help. librdkafka already retries transient broker errors
-    /// forever (no message timeout), so what reaches here is mostly permanent; the codes
-    /// below are the ones an operator must fix. Unknown errors count as retryable.
-    pub fn is_retryable(&self) -> bool {
-        let code = match self {
+    /// librdkafka's code for the failure, where there is one.
+    pub fn code(&self) -> Option<RDKafkaErrorCode> {
+        match self {
             PublishError::Client(e) | PublishError::Produce { source: e, .. } => {
                 e.rdkafka_error_code()
             }
             PublishError::Delivery(failed) => Some(failed.code),
             PublishError::CreateTopic { code, .. } => Some(*code),
-            PublishError::UnknownTopic(_) => return false,
-        };
-        !code.is_some_and(is_permanent)
+            PublishError::UnknownTopic(_) => None,
+        }
+    }
+
+    /// Whether retrying can help. librdkafka already retries transient broker errors
+    /// forever (no message timeout), so what reaches here is mostly permanent; the codes
+    /// below are the ones an operator must fix. Unknown errors count as retryable.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, PublishError::UnknownTopic(_)) && !self.code().is_some_and(is_permanent)
     }
 }
 

@@ -179,6 +179,7 @@ mod tests {
             create_topics: true,
             topic_partitions: 1,
             topic_replication_factor: 1,
+            unknown_topic_wait_ms: 1_000,
             properties: props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
         };
         let config = producer_config(&kafka);

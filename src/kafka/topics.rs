@@ -5,9 +5,9 @@
 //! through the admin API; otherwise it checks the broker's metadata and reports a missing
 //! topic. Known topics are remembered, so this costs one round trip per topic per run.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -23,11 +23,18 @@ use crate::config::KafkaConfig;
 pub struct TopicManager {
     admin: AdminClient<DefaultClientContext>,
     known: HashSet<Arc<str>>,
+    /// With creation off: when each missing topic was first found missing.
+    missing_since: HashMap<Arc<str>, Instant>,
+    unknown_topic_wait: Duration,
     create: bool,
     partitions: i32,
     replication_factor: i32,
 }
 
+/// How often a missing topic is looked up again.
+const MISSING_POLL: Duration = Duration::from_millis(500);
+/// Missing topics remembered at most (routed names can be anything).
+const MISSING_CAPACITY: usize = 1_024;
 /// Bound on one admin request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,6 +46,8 @@ impl TopicManager {
         Ok(TopicManager {
             admin,
             known: HashSet::new(),
+            missing_since: HashMap::new(),
+            unknown_topic_wait: Duration::from_millis(kafka.unknown_topic_wait_ms),
             create: kafka.create_topics,
             partitions: kafka.topic_partitions,
             replication_factor: kafka.topic_replication_factor,
@@ -57,8 +66,8 @@ impl TopicManager {
         }
         if self.create {
             self.create_topic(topic).await?;
-        } else if !self.exists(topic)? {
-            return Err(PublishError::UnknownTopic(topic.to_string()));
+        } else {
+            self.wait_until_exists(topic).await?;
         }
         producer.wait_for_topic(topic).await?;
         self.known.insert(Arc::clone(topic));
@@ -90,6 +99,29 @@ impl TopicManager {
             }
         }
         Ok(())
+    }
+
+    /// Creation is off: wait for someone to create `topic`, at most `unknown_topic_wait`
+    /// from when it was first found missing (so a run of rows to one missing topic waits
+    /// once, not once per row).
+    async fn wait_until_exists(&mut self, topic: &Arc<str>) -> Result<(), PublishError> {
+        if self.missing_since.len() >= MISSING_CAPACITY {
+            self.missing_since.clear();
+        }
+        let since = *self
+            .missing_since
+            .entry(Arc::clone(topic))
+            .or_insert_with(Instant::now);
+        loop {
+            if self.exists(topic)? {
+                self.missing_since.remove(topic);
+                return Ok(());
+            }
+            if since.elapsed() >= self.unknown_topic_wait {
+                return Err(PublishError::UnknownTopic(topic.to_string()));
+            }
+            tokio::time::sleep(MISSING_POLL.min(self.unknown_topic_wait)).await;
+        }
     }
 
     fn exists(&self, topic: &str) -> Result<bool, PublishError> {

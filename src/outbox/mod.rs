@@ -19,14 +19,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{OutboxConfig, TableMapping};
+use crate::config::{OnError, OutboxConfig, TableMapping};
 use crate::ident::TableName;
 use crate::replication::pgoutput::{ColumnValue, Oid, Relation, TupleData};
 use crate::source::Change;
 use topic::TopicTemplate;
 
-/// PostgreSQL's OID for `bytea`.
+/// PostgreSQL's OIDs for `bytea`, `json` and `jsonb`.
 const BYTEA_OID: Oid = 17;
+const JSON_OID: Oid = 114;
+const JSONB_OID: Oid = 3802;
 
 /// A record ready for the producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,13 +38,43 @@ pub struct OutboundRecord {
     pub payload: Option<Bytes>,
     /// `id` first, then the additional headers in configured order.
     pub headers: Vec<(Arc<str>, Bytes)>,
-    /// The outbox table, `schema.table`.
+    /// The outbox table and what to do when its rows fail.
+    pub policy: Arc<TablePolicy>,
+}
+
+impl OutboundRecord {
+    /// Bytes Kafka counts for the record: key, value and headers.
+    pub fn size(&self) -> usize {
+        self.key.as_ref().map_or(0, Bytes::len)
+            + self.payload.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
+/// Per table: its name and where its failures go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablePolicy {
+    /// `schema.table`.
     pub table: Arc<str>,
+    /// Where the event id and the key come from, for dead-letter records.
+    pub id_column: String,
+    pub key_column: String,
+    pub on_error: OnError,
+    pub dlq_topic: Arc<str>,
+    pub max_record_bytes: usize,
 }
 
 /// Why a row cannot become a record as configured.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowProblem {
+    #[error("payload is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("record is {bytes} bytes; outbox.max_record_bytes is {limit}")]
+    TooLarge { bytes: usize, limit: usize },
     #[error("column {column} is missing from table {table}")]
     MissingColumn { table: Arc<str>, column: String },
     #[error("column {column} is NULL")]
@@ -53,6 +85,21 @@ pub enum RowProblem {
     InvalidTopic(String),
     #[error("payload column is bytea but its value is not valid hex: {0}")]
     BadBytea(String),
+}
+
+impl RowProblem {
+    /// The `outbox.error.class` of a dead-lettered row (also a metrics label).
+    pub fn class(&self) -> &'static str {
+        match self {
+            RowProblem::InvalidJson(_) => "invalid_json",
+            RowProblem::TooLarge { .. } => "too_large",
+            RowProblem::MissingColumn { .. } => "missing_column",
+            RowProblem::NullColumn { .. } => "null_column",
+            RowProblem::ToastedColumn { .. } => "toasted_column",
+            RowProblem::InvalidTopic(_) => "invalid_topic",
+            RowProblem::BadBytea(_) => "invalid_bytea",
+        }
+    }
 }
 
 /// What to do with one change.
@@ -66,7 +113,7 @@ pub enum Routed {
     },
     /// The row can never be published as configured.
     Reject {
-        table: Arc<str>,
+        policy: Arc<TablePolicy>,
         problem: RowProblem,
     },
 }
@@ -75,6 +122,7 @@ pub enum Routed {
 #[derive(Debug)]
 pub struct Router {
     outbox: OutboxConfig,
+    dlq_topic: Arc<str>,
     tables: HashMap<Oid, ResolvedTable>,
 }
 
@@ -82,7 +130,10 @@ pub struct Router {
 #[derive(Debug)]
 struct ResolvedTable {
     relation: Arc<Relation>,
-    table: Arc<str>,
+    policy: Arc<TablePolicy>,
+    /// Check payloads for JSON (configured, and not already a json/jsonb column).
+    check_json: bool,
+    max_record_bytes: usize,
     id: Result<usize, RowProblem>,
     key: Result<usize, RowProblem>,
     payload: Result<usize, RowProblem>,
@@ -93,9 +144,10 @@ struct ResolvedTable {
 }
 
 impl Router {
-    pub fn new(outbox: &OutboxConfig) -> Self {
+    pub fn new(outbox: &OutboxConfig, dlq_topic: &str) -> Self {
         Router {
             outbox: outbox.clone(),
+            dlq_topic: Arc::from(dlq_topic),
             tables: HashMap::new(),
         }
     }
@@ -125,7 +177,7 @@ impl Router {
         match resolved.record(row) {
             Ok(record) => Routed::Publish(record),
             Err(problem) => Routed::Reject {
-                table: Arc::clone(&resolved.table),
+                policy: Arc::clone(&resolved.policy),
                 problem,
             },
         }
@@ -142,9 +194,20 @@ impl Router {
                 table: relation.name.clone(),
             };
             let mapping = self.outbox.mapping_for(&name);
+            let policy = Arc::new(TablePolicy {
+                table: Arc::from(name.to_string()),
+                id_column: mapping.id_column.to_string(),
+                key_column: mapping.key_column.to_string(),
+                on_error: mapping.on_error,
+                max_record_bytes: mapping.max_record_bytes,
+                dlq_topic: mapping
+                    .dlq_topic
+                    .as_deref()
+                    .map_or_else(|| Arc::clone(&self.dlq_topic), Arc::from),
+            });
             self.tables.insert(
                 relation.oid,
-                ResolvedTable::new(Arc::clone(relation), &mapping),
+                ResolvedTable::new(Arc::clone(relation), &mapping, policy),
             );
         }
         self.tables.get_mut(&relation.oid).expect("inserted above")
@@ -152,8 +215,8 @@ impl Router {
 }
 
 impl ResolvedTable {
-    fn new(relation: Arc<Relation>, mapping: &TableMapping) -> Self {
-        let table: Arc<str> = Arc::from(relation.qualified_name());
+    fn new(relation: Arc<Relation>, mapping: &TableMapping, policy: Arc<TablePolicy>) -> Self {
+        let table = Arc::clone(&policy.table);
         let find = |column: &str| {
             relation
                 .column_index(column)
@@ -163,9 +226,10 @@ impl ResolvedTable {
                 })
         };
         let payload = find(mapping.payload_column.as_str());
-        let payload_is_bytea = payload
-            .as_ref()
-            .is_ok_and(|&i| relation.columns[i].type_oid == BYTEA_OID);
+        let payload_type = payload.as_ref().ok().map(|&i| relation.columns[i].type_oid);
+        let payload_is_bytea = payload_type == Some(BYTEA_OID);
+        let check_json =
+            mapping.payload_json && !matches!(payload_type, Some(JSON_OID | JSONB_OID));
         let mut headers = vec![(Arc::from("id"), find(mapping.id_column.as_str()))];
         for extra in &mapping.additional_headers {
             headers.push((Arc::from(extra.header_name()), find(extra.column.as_str())));
@@ -178,7 +242,9 @@ impl ResolvedTable {
             route: find(mapping.route_by_field.as_str()),
             headers,
             topic: TopicTemplate::new(&mapping.topic),
-            table,
+            check_json,
+            max_record_bytes: mapping.max_record_bytes,
+            policy,
             relation,
         }
     }
@@ -220,19 +286,30 @@ impl ResolvedTable {
             Some(text) if self.payload_is_bytea => Some(decode_bytea_hex(text)?),
             other => other.cloned(),
         };
+        if let (true, Some(payload)) = (self.check_json, &payload) {
+            serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+                .map_err(|e| RowProblem::InvalidJson(e.to_string()))?;
+        }
         let mut headers = Vec::with_capacity(self.headers.len());
         for (name, index) in &self.headers {
             if let Some(bytes) = value(index)? {
                 headers.push((Arc::clone(name), bytes.clone()));
             }
         }
-        Ok(OutboundRecord {
+        let record = OutboundRecord {
             topic,
             key,
             payload,
             headers,
-            table: Arc::clone(&self.table),
-        })
+            policy: Arc::clone(&self.policy),
+        };
+        match record.size() {
+            bytes if bytes > self.max_record_bytes => Err(RowProblem::TooLarge {
+                bytes,
+                limit: self.max_record_bytes,
+            }),
+            _ => Ok(record),
+        }
     }
 }
 

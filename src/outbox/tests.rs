@@ -49,7 +49,7 @@ fn router(extra: &str) -> Router {
         "[source]\nurl = \"postgres://u@h/db\"\nslot = \"s\"\npublication = \"p\"\ntables = [\"public.outbox\"]\n{extra}"
     );
     let config = Config::from_toml(&text, Path::new("t.toml"), |_| None).unwrap();
-    Router::new(&config.outbox)
+    Router::new(&config.outbox, &config.dlq.topic)
 }
 
 fn insert(relation: &Arc<Relation>, row: TupleData) -> Change {
@@ -78,7 +78,8 @@ fn debezium_defaults() {
     assert_eq!(record.key.as_deref(), Some(&b"o-1"[..]));
     assert_eq!(record.payload.as_deref(), Some(&b"{\"a\": 1}"[..]));
     assert_eq!(record.headers, vec![(Arc::from("id"), Bytes::from(ID))]);
-    assert_eq!(&*record.table, "public.outbox");
+    assert_eq!(&*record.policy.table, "public.outbox");
+    assert_eq!(&*record.policy.dlq_topic, "outbox.dlq");
 }
 
 #[test]
@@ -177,8 +178,8 @@ fn rows_that_cannot_be_routed_say_why() {
     ];
     for (row, expected) in cases {
         match router.route(&insert(&rel, row)) {
-            Routed::Reject { table, problem } => {
-                assert_eq!(&*table, "public.outbox");
+            Routed::Reject { policy, problem } => {
+                assert_eq!(&*policy.table, "public.outbox");
                 assert!(problem.to_string().contains(expected), "{problem}");
             }
             other => panic!("expected a rejection, got {other:?}"),
@@ -232,4 +233,35 @@ fn bad_bytea_is_rejected() {
     assert!(decode_bytea_hex(&Bytes::from("\\x0")).is_err());
     assert!(decode_bytea_hex(&Bytes::from("\\xzz")).is_err());
     assert_eq!(decode_bytea_hex(&Bytes::from("\\x")).unwrap(), Bytes::new());
+}
+
+#[test]
+fn json_and_size_limits_reject_with_their_class() {
+    let rel = relation(&[
+        ("id", 2950),
+        ("aggregatetype", 25),
+        ("aggregateid", 25),
+        ("type", 25),
+        ("payload", 25),
+    ]);
+    let mut router = router(
+        "[outbox]\npayload_json = true\nmax_record_bytes = 1024\n[outbox.tables.\"public.outbox\"]\ndlq_topic = \"own.dlq\"\n",
+    );
+    let row = |payload: &str| text(&[Some(ID), Some("order"), Some("k"), Some("t"), Some(payload)]);
+    match router.route(&insert(&rel, row("{not json"))) {
+        Routed::Reject { policy, problem } => {
+            assert_eq!(problem.class(), "invalid_json");
+            assert_eq!(&*policy.dlq_topic, "own.dlq");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let big = format!("\"{}\"", "x".repeat(2_000));
+    match router.route(&insert(&rel, row(&big))) {
+        Routed::Reject { problem, .. } => assert_eq!(problem.class(), "too_large"),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(matches!(
+        router.route(&insert(&rel, row("{\"ok\": 1}"))),
+        Routed::Publish(_)
+    ));
 }

@@ -123,17 +123,20 @@ impl Source {
     /// On shutdown it stops reading WAL, keeps reporting progress while what is in flight
     /// is delivered (for at most `drain_timeout`), sends a final status with the last safe
     /// LSN and closes the connection. Events still in flight then are simply not
-    /// acknowledged: they will be sent again after a restart.
+    /// acknowledged: they will be sent again after a restart. `halt` is the same without
+    /// the wait, for when downstream has stopped and nothing more will be acknowledged.
     pub async fn run(
         mut self,
         events: mpsc::Sender<EventBatch>,
         shutdown: CancellationToken,
+        halt: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), ReplicationError> {
         loop {
             // Timers first: a busy stream must not starve the heartbeat.
             tokio::select! {
                 biased;
+                _ = halt.cancelled() => return self.finish(Duration::ZERO).await,
                 _ = shutdown.cancelled() => return self.finish(drain_timeout).await,
                 _ = sleep_until(self.status.due()) => self.send_status(false).await?,
                 _ = self.checkpoint.advanced() => {
@@ -375,7 +378,7 @@ async fn slot_confirmed_lsn(
         .await?;
     let row = rows.into_iter().next().ok_or_else(|| {
         ReplicationError::Unsupported(format!(
-            "replication slot {slot:?} does not exist; create it (set source.create_slot = true) or fix source.slot"
+            "replication slot {slot:?} does not exist (dropped, or never created); the relay does not recreate it silently because events after its last position could be lost: check source.slot, then restart the relay (it creates a missing slot at start when source.create_slot = true) and reconcile what was written meanwhile"
         ))
     })?;
     match (row[0].as_deref(), row[1].as_deref(), row[2].as_deref()) {

@@ -69,7 +69,12 @@ pub async fn start_source(config: &Config) -> RunningSource {
     .await
     .expect("source connects");
     let (tx, events) = mpsc::channel(config.source.channel_capacity_batches);
-    let task = tokio::spawn(source.run(tx, CancellationToken::new(), Duration::from_secs(1)));
+    let task = tokio::spawn(source.run(
+        tx,
+        CancellationToken::new(),
+        CancellationToken::new(),
+        Duration::from_secs(1),
+    ));
     RunningSource {
         events,
         checkpoint,

@@ -72,6 +72,22 @@ impl RelayProcess {
         self.child.wait().expect("reap relay")
     }
 
+    /// Waits (up to `timeout`) for the relay to exit by itself.
+    pub async fn wait_exit(&mut self, timeout: std::time::Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll relay") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "relay did not exit within {timeout:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Whether it is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("poll relay").is_none()
