@@ -25,6 +25,7 @@ use crate::checkpoint::SharedCheckpoint;
 use crate::config::Config;
 use crate::config::OnError;
 use crate::dlq;
+use crate::kafka::producer::InFlight;
 use crate::kafka::{EventProducer, PublishError, TopicManager};
 use crate::metrics as metric;
 use crate::outbox::{OutboundRecord, Routed, Router, TablePolicy};
@@ -32,6 +33,8 @@ use crate::policy::{self, Action, Failure};
 use crate::replication::{Lsn, ReplicationError};
 use crate::source::{EventBatch, Source, SourceEvent, SourceSettings};
 
+/// Pause before a refused dead-letter write is sent again.
+const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// How often the sink looks for failed deliveries while no events arrive.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -227,10 +230,16 @@ impl Sink {
         let outcome = loop {
             let step = tokio::select! {
                 batch = events.recv() => match batch {
-                    Some(batch) => self.publish(batch, &shutdown).await,
+                    Some(batch) => match self.dead_letter_refused(&shutdown).await {
+                        Ok(()) => self.publish(batch, &shutdown).await,
+                        Err(e) => Err(e),
+                    },
                     None => break Ok(()),
                 },
-                _ = failure_check.tick() => self.producer.check_failures().map_err(RelayError::from),
+                _ = failure_check.tick() => match self.dead_letter_refused(&shutdown).await {
+                    Ok(()) => self.producer.check_failures().map_err(RelayError::from),
+                    Err(e) => Err(e),
+                },
             };
             if let Err(e) = step {
                 break Err(e);
@@ -279,7 +288,13 @@ impl Sink {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         let sent = match self.ensure_topic(&record.topic, shutdown).await {
-            Ok(()) => self.producer.send(&record, event.seq).await,
+            Ok(()) => {
+                let in_flight = InFlight {
+                    event: event.clone(),
+                    dead_letter: None,
+                };
+                self.producer.send(&record, in_flight).await
+            }
             Err(e) => Err(e),
         };
         let Err(error) = sent else {
@@ -297,6 +312,47 @@ impl Sink {
             }
             Action::Retry | Action::Stop => Err(error.into()),
         }
+    }
+
+    /// Records the broker refused after accepting them into the queue (delivery reports):
+    /// dead-letter them now. A refused dead letter is sent again after a pause: the
+    /// dead-letter topic never drops a row.
+    async fn dead_letter_refused(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        for refused in self.producer.take_refused() {
+            let event = refused.in_flight.event;
+            let reason = match refused.in_flight.dead_letter {
+                Some(reason) => {
+                    warn!(topic = %refused.topic, code = ?refused.code, "dead-letter write refused; retrying");
+                    tokio::select! {
+                        _ = sleep(DEAD_LETTER_RETRY) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                    reason
+                }
+                None => dlq::Reason {
+                    class: policy::code_class(refused.code),
+                    message: format!(
+                        "Kafka refused the record for topic {}: {}",
+                        refused.topic, refused.code
+                    ),
+                },
+            };
+            match self.router.route(&event.change) {
+                Routed::Publish(record) => {
+                    let policy = Arc::clone(&record.policy);
+                    self.reject(&event, &policy, Some(&record), reason, shutdown)
+                        .await?;
+                }
+                Routed::Reject { policy, .. } => {
+                    self.reject(&event, &policy, None, reason, shutdown).await?
+                }
+                Routed::Ignore { .. } => self.ack(&event)?,
+            }
+        }
+        Ok(())
     }
 
     /// A row that can never be published: stop (`on_error = "stop"`) or dead-letter it.
@@ -342,7 +398,13 @@ impl Sink {
         let mut backoff = Backoff::default();
         loop {
             let sent = match self.ensure_topic(&dead.topic, shutdown).await {
-                Ok(()) => self.producer.send(&dead, event.seq).await,
+                Ok(()) => {
+                    let in_flight = InFlight {
+                        event: event.clone(),
+                        dead_letter: Some(reason.clone()),
+                    };
+                    self.producer.send(&dead, in_flight).await
+                }
                 Err(e) => Err(e),
             };
             match sent {

@@ -58,7 +58,7 @@ pub fn classify(failure: Failure<'_>) -> Action {
 
 /// Permanent broker answers that concern the record or its topic, not the relay: other
 /// rows can still be published, so only this one is dead-lettered.
-fn is_row_specific(code: RDKafkaErrorCode) -> bool {
+pub fn is_row_specific(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         code,
@@ -75,13 +75,20 @@ fn is_row_specific(code: RDKafkaErrorCode) -> bool {
 
 /// The `outbox.error.class` for a Kafka failure that dead-letters a row.
 pub fn publish_class(error: &PublishError) -> &'static str {
+    match error {
+        PublishError::UnknownTopic(_) => "unknown_topic",
+        other => other.code().map_or("kafka_rejected", code_class),
+    }
+}
+
+/// The `outbox.error.class` for a librdkafka code that dead-letters a row.
+pub fn code_class(code: RDKafkaErrorCode) -> &'static str {
     use RDKafkaErrorCode::*;
-    match error.code() {
-        _ if matches!(error, PublishError::UnknownTopic(_)) => "unknown_topic",
-        Some(MessageSizeTooLarge | InvalidMessageSize) => "message_too_large",
-        Some(TopicAuthorizationFailed) => "topic_authorization_failed",
-        Some(InvalidTopic) => "invalid_topic",
-        Some(UnknownTopic | UnknownTopicOrPartition) => "unknown_topic",
+    match code {
+        MessageSizeTooLarge | InvalidMessageSize => "message_too_large",
+        TopicAuthorizationFailed => "topic_authorization_failed",
+        InvalidTopic => "invalid_topic",
+        UnknownTopic | UnknownTopicOrPartition => "unknown_topic",
         _ => "kafka_rejected",
     }
 }

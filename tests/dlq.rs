@@ -226,6 +226,29 @@ async fn each_row_problem_is_dead_lettered_between_healthy_rows() {
     .collect();
     assert_eq!(classes, expected);
     s.wait_slot_passes(end).await;
+
+    // The operator's view of the same records.
+    let inspect = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        .args(["dlq", "inspect", "--config"])
+        .arg(s.dir.path().join("relay.toml"))
+        .args(["--max", "10", "--idle-timeout-ms", "20000"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        inspect.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    assert_eq!(printed.lines().count(), 10, "{printed}");
+    for line in printed.lines() {
+        assert!(line.starts_with("table=public.outbox id="), "{line}");
+        assert!(
+            line.contains(" class=") && line.contains(" reason="),
+            "{line}"
+        );
+    }
+    assert_eq!(printed.matches("class=too_large").count(), 2, "{printed}");
     let log = s.relay.log();
     assert_eq!(
         log.matches("dead-lettering row").count(),

@@ -28,7 +28,9 @@ use super::properties;
 use super::PublishError;
 use crate::checkpoint::{SharedCheckpoint, TxnSeq};
 use crate::config::KafkaConfig;
+use crate::dlq::Reason;
 use crate::outbox::OutboundRecord;
+use crate::source::SourceEvent;
 
 /// How long a newly created topic may take to appear in the producer's metadata.
 const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,11 +45,32 @@ pub struct FailedDelivery {
     pub seq: TxnSeq,
 }
 
+/// What librdkafka carries with each record until its delivery report: the event to
+/// acknowledge, and, should the broker refuse the record for reasons of its own, what is
+/// needed to dead-letter it.
+#[derive(Debug)]
+pub struct InFlight {
+    pub event: SourceEvent,
+    /// Set when the record is itself a dead letter (with the reason it carries).
+    pub dead_letter: Option<Reason>,
+}
+
+/// A record the broker refused for a reason that concerns only it (too large, topic not
+/// authorized, ...): handed back so the pipeline can dead-letter it instead of stopping.
+#[derive(Debug)]
+pub struct RefusedRecord {
+    pub in_flight: InFlight,
+    pub topic: String,
+    pub code: RDKafkaErrorCode,
+}
+
 /// Receives librdkafka's callbacks: delivery reports and client errors.
 #[derive(Debug)]
 pub struct DeliveryContext {
     checkpoint: SharedCheckpoint,
     failure: Mutex<Option<FailedDelivery>>,
+    /// Bounded by librdkafka's queue: at most every record in flight can be refused.
+    refused: Mutex<Vec<RefusedRecord>>,
     /// Woken by every delivery report: room in the queue, or a failure to look at.
     delivered: Arc<Notify>,
 }
@@ -60,10 +83,10 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = usize;
+    type DeliveryOpaque = Box<InFlight>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
-        let seq = TxnSeq(seq as u64);
+    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+        let seq = in_flight.event.seq;
         match result {
             Ok(_) => {
                 if let Err(e) = self.checkpoint.ack(seq, 1) {
@@ -74,8 +97,21 @@ impl ProducerContext for DeliveryContext {
             }
             Err((e, message)) => {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
-                error!(topic = message.topic(), error = %e, "delivery failed");
-                self.record_failure(message.topic().to_owned(), code, seq);
+                let topic = message.topic().to_owned();
+                if crate::policy::is_row_specific(code) {
+                    warn!(%topic, error = %e, "broker refused a record");
+                    self.refused
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(RefusedRecord {
+                            in_flight: *in_flight,
+                            topic,
+                            code,
+                        });
+                } else {
+                    error!(%topic, error = %e, "delivery failed");
+                    self.record_failure(topic, code, seq);
+                }
             }
         }
         self.delivered.notify_one();
@@ -102,6 +138,7 @@ impl EventProducer {
         let context = DeliveryContext {
             checkpoint,
             failure: Mutex::new(None),
+            refused: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
         };
         let producer = properties::producer_config(kafka)
@@ -113,9 +150,14 @@ impl EventProducer {
         })
     }
 
-    /// Hands `record` (an event of transaction `seq`) to librdkafka. Waits while the
-    /// queue is full: that wait is the relay's backpressure, never an unbounded buffer.
-    pub async fn send(&self, record: &OutboundRecord, seq: TxnSeq) -> Result<(), PublishError> {
+    /// Hands `record` to librdkafka; its delivery report acknowledges `in_flight.event`.
+    /// Waits while the queue is full: that wait is the relay's backpressure, never an
+    /// unbounded buffer.
+    pub async fn send(
+        &self,
+        record: &OutboundRecord,
+        in_flight: InFlight,
+    ) -> Result<(), PublishError> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -123,10 +165,11 @@ impl EventProducer {
                 value: Some(value.as_ref()),
             });
         }
+        let mut opaque = Box::new(in_flight);
         loop {
             self.check_failures()?;
             let mut message =
-                BaseRecord::<[u8], [u8], usize>::with_opaque_to(&record.topic, seq.0 as usize)
+                BaseRecord::<[u8], [u8], Box<InFlight>>::with_opaque_to(&record.topic, opaque)
                     .headers(headers.clone());
             if let Some(key) = &record.key {
                 message = message.key(key.as_ref());
@@ -136,7 +179,8 @@ impl EventProducer {
             }
             match self.producer.send(message) {
                 Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
+                    opaque = refused.delivery_opaque;
                     let _ = tokio::time::timeout(QUEUE_FULL_WAIT, self.delivered.notified()).await;
                 }
                 Err((e, _)) => {
@@ -181,6 +225,18 @@ impl EventProducer {
         })
         .await
         .map_err(|_| PublishError::Client(KafkaError::Canceled))?
+    }
+
+    /// Records the broker refused since the last call, for the dead-letter topic.
+    pub fn take_refused(&self) -> Vec<RefusedRecord> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .refused
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
     }
 
     /// The first delivery librdkafka gave up on, as an error.
