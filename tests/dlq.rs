@@ -73,13 +73,8 @@ impl Setup {
         format!("{}.dlq", self.prefix)
     }
 
-    async fn insert_lsn(&self) -> Lsn {
-        let row = self
-            .admin
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0).parse().unwrap()
+    async fn insert_lsn(&self) -> outbox_relay::replication::Lsn {
+        common::insert_lsn(&self.admin).await
     }
 
     async fn wait_slot_passes(&self, lsn: Lsn) {

@@ -78,12 +78,7 @@ impl Setup {
     }
 
     async fn insert_lsn(&self) -> outbox_relay::replication::Lsn {
-        let row = self
-            .admin
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-            .await
-            .unwrap();
-        row.get::<_, String>(0).parse().unwrap()
+        common::insert_lsn(&self.admin).await
     }
 }
 

@@ -10,8 +10,7 @@ use std::time::Duration;
 use common::kafka::{unique_topic, Broker, ReceivedRecord};
 use common::pg::{PgCluster, PgOptions};
 use common::relay::{config_text, RelayProcess};
-use common::{confirmed_flush, wait_for, OUTBOX_DDL};
-use outbox_relay::replication::Lsn;
+use common::{confirmed_flush, insert_lsn, wait_for, OUTBOX_DDL};
 
 /// Writes rows `from..to` (payload `{"seq": n}`) in transactions of 100.
 async fn write_seq(client: &tokio_postgres::Client, from: i64, to: i64) {
@@ -48,14 +47,6 @@ async fn wait_all(broker: &Broker, topic: &str, n: i64) -> HashSet<i64> {
         })
         .await;
     seen
-}
-
-async fn insert_lsn(client: &tokio_postgres::Client) -> Lsn {
-    let row = client
-        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .unwrap();
-    row.get::<_, String>(0).parse().unwrap()
 }
 
 fn write_config(

@@ -106,6 +106,15 @@ pub async fn confirmed_flush(client: &tokio_postgres::Client, slot: &str) -> Lsn
     row.get::<_, String>(0).parse().expect("lsn")
 }
 
+/// The server's current WAL insert position: every commit so far ends at or before it.
+pub async fn insert_lsn(client: &tokio_postgres::Client) -> Lsn {
+    let row = client
+        .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+        .await
+        .expect("pg_current_wal_insert_lsn");
+    row.get::<_, String>(0).parse().expect("lsn")
+}
+
 /// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
 /// Polling an observable condition is the synchronisation; the pause only spaces the polls.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
