@@ -304,11 +304,11 @@ impl Drop for Broker {
 /// Assigns every partition of `topics` once they exist and forwards records (`Ok`)
 /// and status or errors (`Err`) until the receiver is dropped.
 ///
-/// tansu's fetch sometimes hands a later batch before an earlier one; librdkafka then moves
-/// past the earlier one and never delivers it. So when no new record has come for
-/// [`REREAD_AFTER_IDLE`], the reader starts a fresh consumer from the beginning and
-/// forwards only records (by topic, partition, offset) it has not forwarded yet. Arrival
-/// order is therefore not offset order: tests that check order sort by offset.
+/// If no new record has come for [`REREAD_AFTER_IDLE`], the reader starts a fresh consumer
+/// from the beginning and forwards only records (by topic, partition, offset) it has not
+/// forwarded yet: a belt-and-braces guard so one stuck consumer cannot hang a test. Records
+/// arrive interleaved across partitions and topics: tests that check order sort by offset
+/// within a partition, which is Kafka's order.
 fn read_topics(
     config: ClientConfig,
     topics: &[String],
