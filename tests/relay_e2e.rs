@@ -365,3 +365,72 @@ async fn a_million_row_transaction_is_delivered_with_bounded_memory() {
         relay.peak_rss_kib() / 1024
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_mid_stream_exits_0_and_nothing_acknowledged_is_sent_again() {
+    const ROWS: i64 = 100_000;
+    let s = setup("sigterm", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+
+    // Each transaction of 100 rows, with an upper bound of its commit LSN.
+    let db = s.db.clone();
+    let writer = tokio::spawn(async move {
+        let client = PgCluster::shared().client(&db).await;
+        let mut committed = Vec::new();
+        for start in (0..ROWS).step_by(100) {
+            client
+                .execute(
+                    "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 50), 'Created', \
+                     jsonb_build_object('seq', i) FROM generate_series($1::bigint, $1::bigint + 99) AS i",
+                    &[&start],
+                )
+                .await
+                .unwrap();
+            committed.push((start, common::insert_lsn(&client).await));
+        }
+        committed
+    });
+    let topic = s.topic("order");
+    Broker::shared()
+        .consume_until(&[&topic], Duration::from_secs(120), |r| r.len() >= 20_000)
+        .await;
+    let status = relay.terminate();
+    assert!(status.success(), "SIGTERM exits 0: {status}\n");
+    let acknowledged = s.confirmed_flush().await;
+    let committed = writer.await.unwrap();
+
+    let _relay = s.start_relay();
+    let seq_of = |r: &ReceivedRecord| -> i64 {
+        let payload = String::from_utf8(r.payload.clone().unwrap()).unwrap();
+        payload
+            .trim_start_matches("{\"seq\": ")
+            .trim_end_matches('}')
+            .parse()
+            .unwrap()
+    };
+    let records = Broker::shared()
+        .consume_until(
+            &[&topic],
+            Duration::from_secs(180),
+            distinct_at_least(ROWS as usize, seq_of),
+        )
+        .await;
+    let mut copies: HashMap<i64, usize> = HashMap::new();
+    for record in &records {
+        *copies.entry(seq_of(record)).or_default() += 1;
+    }
+    assert_eq!(copies.len() as i64, ROWS, "nothing lost");
+    let mut duplicated_after_ack = 0;
+    for (start, commit_upper_bound) in &committed {
+        if *commit_upper_bound <= acknowledged {
+            duplicated_after_ack += (*start..start + 100).filter(|seq| copies[seq] > 1).count();
+        }
+    }
+    let duplicates = records.len() as i64 - ROWS;
+    println!("sigterm: slot at {acknowledged} after exit; {duplicates} duplicates in all, {duplicated_after_ack} of acknowledged events");
+    assert_eq!(
+        duplicated_after_ack, 0,
+        "an acknowledged event was sent again"
+    );
+}
