@@ -43,6 +43,8 @@ struct TxnProgress {
     outstanding: u64,
     /// Known once the Commit message is read.
     commit_end: Option<Lsn>,
+    /// Commit time from the Begin message (microseconds since 2000-01-01), for lag.
+    commit_ts_micros: i64,
 }
 
 /// A bookkeeping mistake by the caller: acknowledging what was never sent, or twice.
@@ -94,6 +96,12 @@ impl Checkpoint {
         self.in_flight_events
     }
 
+    /// Commit time of the oldest transaction not yet acknowledged, if any: how far behind
+    /// the relay is.
+    pub fn oldest_commit_ts_micros(&self) -> Option<i64> {
+        self.pending.front().map(|t| t.commit_ts_micros)
+    }
+
     /// Transactions begun and not yet folded into the flush LSN.
     pub fn pending_transactions(&self) -> usize {
         self.pending.len()
@@ -101,9 +109,15 @@ impl Checkpoint {
 
     /// A Begin message: opens the next transaction.
     pub fn begin(&mut self) -> TxnSeq {
+        self.begin_at(0)
+    }
+
+    /// A Begin message with its commit time, which [`Checkpoint::oldest_commit_ts_micros`] reports.
+    pub fn begin_at(&mut self, commit_ts_micros: i64) -> TxnSeq {
         self.pending.push_back(TxnProgress {
             outstanding: 0,
             commit_end: None,
+            commit_ts_micros,
         });
         TxnSeq(self.first_seq + self.pending.len() as u64 - 1)
     }

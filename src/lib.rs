@@ -5,6 +5,7 @@
 //! PostgreSQL recycle WAL only once downstream has durably acknowledged it.
 //!
 //! # Layout
+//! - [`admin`]: the HTTP endpoint for `/metrics`, `/healthz`, `/readyz`; [`health`] backs the probes.
 //! - [`config`]: the TOML file: shape, defaults, `${ENV}` interpolation, validation.
 //! - [`ident`]: validation and quoting of every name that reaches SQL.
 //! - [`replication`]: the walsender wire protocol, pgoutput decoding, LSNs, relation cache.
@@ -20,12 +21,14 @@
 //! - [`metrics`]: metric names and descriptions.
 //! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], graceful stop.
 
+pub mod admin;
 pub mod admin_sql;
 pub mod backoff;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod dlq;
+pub mod health;
 pub mod ident;
 pub mod kafka;
 pub mod metrics;

@@ -131,7 +131,34 @@ async fn run(path: &Path) -> ExitCode {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signals(shutdown.clone()));
-    match outbox_relay::pipeline::run(config, shutdown).await {
+    let metrics = match outbox_relay::metrics::install() {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("error: cannot set up metrics: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let health = outbox_relay::health::Health::default();
+    let listen = config
+        .admin
+        .listen
+        .parse()
+        .expect("admin.listen is validated when loading");
+    let admin =
+        match outbox_relay::admin::serve(listen, metrics, health.clone(), shutdown.clone()).await {
+            Ok(task) => task,
+            Err(e) => {
+                eprintln!(
+                "error: admin.listen: cannot listen on {listen}: {e}; choose a free address:port"
+            );
+                return ExitCode::FAILURE;
+            }
+        };
+    tracing::info!(%listen, "serving /metrics, /healthz and /readyz");
+    let outcome = outbox_relay::pipeline::run(config, shutdown.clone(), health).await;
+    shutdown.cancel();
+    let _ = admin.await;
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "relay stopped");

@@ -1,19 +1,110 @@
-//! Metric names, each described once. Labels stay low-cardinality: table, topic, class,
-//! operation; never an id.
+//! Metric names, each described once, and the Prometheus recorder. Labels stay
+//! low-cardinality: table, topic, class, operation, target; never an id.
 
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Events acknowledged by Kafka, by table and topic.
+pub const EVENTS: &str = "outbox_relay_events_total";
 /// Rows written to the dead-letter topic, by table and error class.
 pub const EVENTS_DEAD_LETTERED: &str = "outbox_relay_events_dead_lettered_total";
 /// UPDATE / DELETE / TRUNCATE of outbox tables, acknowledged without publishing.
 pub const EVENTS_IGNORED: &str = "outbox_relay_events_ignored_total";
+/// Transactions read from the slot.
+pub const TRANSACTIONS: &str = "outbox_relay_transactions_total";
+/// Commit in PostgreSQL to acknowledgement by Kafka.
+pub const DELIVERY_LATENCY: &str = "outbox_relay_delivery_latency_seconds";
+/// Now minus the commit time of the last acknowledged transaction; 0 when caught up.
+pub const LAG_SECONDS: &str = "outbox_relay_lag_seconds";
+/// The server's WAL end minus the confirmed flush LSN.
+pub const REPLICATION_LAG_BYTES: &str = "outbox_relay_replication_lag_bytes";
+/// The flush LSN last reported to the server, as a number.
+pub const CONFIRMED_FLUSH_LSN: &str = "outbox_relay_confirmed_flush_lsn";
+/// Events handed downstream and not yet acknowledged.
+pub const IN_FLIGHT_EVENTS: &str = "outbox_relay_in_flight_events";
+/// Messages in librdkafka's queue (waiting or in flight to the broker).
+pub const KAFKA_QUEUE_MESSAGES: &str = "outbox_relay_kafka_queue_messages";
+/// 1 while connected, by target (`postgres`, `kafka`).
+pub const CONNECTED: &str = "outbox_relay_connected";
+/// Reconnections, by target.
+pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
+/// Always 1, with the version as a label.
+pub const BUILD_INFO: &str = "outbox_relay_build_info";
+/// Average broker round-trip time from librdkafka's statistics, by broker.
+pub const KAFKA_BROKER_RTT: &str = "outbox_relay_kafka_broker_rtt_seconds";
+/// Transmit errors from librdkafka's statistics, by broker.
+pub const KAFKA_BROKER_TX_ERRORS: &str = "outbox_relay_kafka_broker_tx_errors";
+
+/// Delivery latency buckets, in seconds: from a millisecond to a minute.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Installs the Prometheus recorder and describes every metric; the handle renders them.
+pub fn install() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(handle)
+}
 
 /// Registers the descriptions with whatever recorder is installed.
 pub fn describe() {
-    metrics::describe_counter!(
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        EVENTS,
+        "Outbox events acknowledged by Kafka, by table and topic"
+    );
+    describe_counter!(
         EVENTS_DEAD_LETTERED,
         "Outbox rows published to the dead-letter topic instead of their own, by table and class"
     );
-    metrics::describe_counter!(
+    describe_counter!(
         EVENTS_IGNORED,
         "UPDATE, DELETE and TRUNCATE changes of outbox tables, which publish nothing"
+    );
+    describe_counter!(TRANSACTIONS, "Transactions read from the replication slot");
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "Time from the PostgreSQL commit to the Kafka acknowledgement"
+    );
+    describe_gauge!(
+        LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the commit time of the last acknowledged transaction; 0 when idle and caught up"
+    );
+    describe_gauge!(
+        REPLICATION_LAG_BYTES,
+        Unit::Bytes,
+        "The server's WAL end minus the confirmed flush LSN"
+    );
+    describe_gauge!(
+        CONFIRMED_FLUSH_LSN,
+        "The flush LSN last reported to PostgreSQL"
+    );
+    describe_gauge!(
+        IN_FLIGHT_EVENTS,
+        "Events handed downstream and not yet acknowledged"
+    );
+    describe_gauge!(
+        KAFKA_QUEUE_MESSAGES,
+        "Messages in the Kafka producer's queue"
+    );
+    describe_gauge!(
+        CONNECTED,
+        "1 while connected to the target (postgres, kafka)"
+    );
+    describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_gauge!(
+        KAFKA_BROKER_RTT,
+        Unit::Seconds,
+        "Average broker round-trip time (librdkafka statistics)"
+    );
+    describe_gauge!(
+        KAFKA_BROKER_TX_ERRORS,
+        "Transmit errors per broker since start (librdkafka statistics)"
     );
 }

@@ -25,6 +25,7 @@ use crate::checkpoint::SharedCheckpoint;
 use crate::config::Config;
 use crate::config::OnError;
 use crate::dlq;
+use crate::health::Health;
 use crate::kafka::producer::InFlight;
 use crate::kafka::{EventProducer, PublishError, TopicManager};
 use crate::metrics as metric;
@@ -64,7 +65,11 @@ pub enum RelayError {
 
 /// Runs the relay until `shutdown` fires (then stops gracefully, `Ok`) or a failure that
 /// retrying cannot fix (`Err`, with the operator's fix in the message).
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    health: Health,
+) -> Result<(), RelayError> {
     let kafka = config.kafka.clone().ok_or_else(|| {
         RelayError::Config(
             "kafka.bootstrap_servers: required key is missing; add a [kafka] section with bootstrap_servers".into(),
@@ -75,7 +80,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
         return Ok(());
     }
     let checkpoint = SharedCheckpoint::new(Lsn::ZERO);
-    let producer = EventProducer::new(&kafka, checkpoint.clone())?;
+    let producer = EventProducer::new(&kafka, checkpoint.clone(), health.clone())?;
     let topics = TopicManager::new(&kafka)?;
     let (events_tx, events_rx) = mpsc::channel(config.source.channel_capacity_batches);
     let sink = Sink {
@@ -89,6 +94,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Rela
     let halt = CancellationToken::new();
     let mut source_task: JoinHandle<Result<(), RelayError>> = tokio::spawn(run_source(
         config.clone(),
+        health,
         checkpoint,
         events_tx,
         shutdown.clone(),
@@ -158,13 +164,17 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Resu
 /// Streams from the slot, reconnecting after every retryable failure.
 async fn run_source(
     config: Config,
+    health: Health,
     checkpoint: SharedCheckpoint,
     events: mpsc::Sender<EventBatch>,
     shutdown: CancellationToken,
     halt: CancellationToken,
 ) -> Result<(), RelayError> {
     let pg = config.postgres_config();
-    let settings = SourceSettings::from_config(&config);
+    let settings = SourceSettings {
+        health: health.clone(),
+        ..SourceSettings::from_config(&config)
+    };
     let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
     let mut backoff = Backoff::default();
     loop {
@@ -182,10 +192,12 @@ async fn run_source(
             }
             Err(e) => Err(e),
         };
+        health.set_streaming(false);
         match outcome {
             Ok(()) => return Ok(()),
             Err(e) if e.is_retryable() && !shutdown.is_cancelled() && !halt.is_cancelled() => {
                 warn!(error = %e, "replication connection lost; reconnecting");
+                metrics::counter!(metric::RECONNECTS, "target" => "postgres").increment(1);
             }
             Err(e) if shutdown.is_cancelled() || halt.is_cancelled() => {
                 info!(error = %e, "replication ended during shutdown");

@@ -434,3 +434,61 @@ async fn sigterm_mid_stream_exits_0_and_nothing_acknowledged_is_sent_again() {
         "an acknowledged event was sent again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_probes_report_what_was_delivered() {
+    let s = setup("metrics", "").await;
+    let mut relay = s.start_relay();
+    s.wait_streaming(&mut relay).await;
+    assert_eq!(relay.admin_get("/healthz").0, 200);
+    s.admin
+        .batch_execute(
+            "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || i, 'Created', '{}' \
+             FROM generate_series(1, 100) AS i",
+        )
+        .await
+        .unwrap();
+    let topic = s.topic("order");
+    Broker::shared()
+        .consume_count(&[&topic], 100, Duration::from_secs(60))
+        .await;
+    let metric_line = |body: &str, prefix: &str| -> Option<f64> {
+        body.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let events = format!("outbox_relay_events_total{{table=\"public.outbox\",topic=\"{topic}\"}}");
+    let body = wait_for(
+        "the metrics to count every event",
+        Duration::from_secs(30),
+        || {
+            let (_, body) = relay.admin_get("/metrics");
+            let counted = metric_line(&body, &events) == Some(100.0);
+            async move { counted.then_some(body) }
+        },
+    )
+    .await;
+    assert_eq!(
+        metric_line(&body, "outbox_relay_delivery_latency_seconds_count"),
+        Some(100.0),
+        "{body}"
+    );
+    assert!(
+        metric_line(&body, "outbox_relay_transactions_total").is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "outbox_relay_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(body.contains("# HELP outbox_relay_lag_seconds"), "{body}");
+    wait_for("readiness", Duration::from_secs(30), || {
+        let ready = relay.admin_get("/readyz");
+        async move { (ready.0 == 200).then_some(()) }
+    })
+    .await;
+}

@@ -54,6 +54,33 @@ pub struct Config {
     pub kafka: Option<KafkaConfig>,
     #[serde(default)]
     pub dlq: DlqConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `address:port`. The default port is the relay's own, clear of postgres_exporter's
+    /// 9187 and kafka_exporter's 9308, which often share its pod.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Default for `admin.listen`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9488";
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
 }
 
 /// `[dlq]`: where rows that can never be published go, with the reason.
@@ -361,6 +388,15 @@ impl Config {
                     format!("of {name} must not be empty"),
                 ));
             }
+        }
+        if self.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err((
+                "admin.listen",
+                format!(
+                    "{:?} is not address:port, e.g. 0.0.0.0:9488",
+                    self.admin.listen
+                ),
+            ));
         }
         if let Some(problem) = crate::outbox::topic::topic_name_problem(&self.dlq.topic) {
             return Err(("dlq.topic", format!("{:?} {problem}", self.dlq.topic)));

@@ -14,12 +14,16 @@
 //! acknowledges: the failure is kept for the pipeline, which stops (or, once a DLQ is
 //! configured, dead-letters), and the slot stays behind the event.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
 use tracing::{error, warn};
@@ -29,7 +33,11 @@ use super::PublishError;
 use crate::checkpoint::{SharedCheckpoint, TxnSeq};
 use crate::config::KafkaConfig;
 use crate::dlq::Reason;
+use crate::health::Health;
+use crate::metrics as metric;
 use crate::outbox::OutboundRecord;
+use crate::replication::pgoutput::Oid;
+use crate::replication::stream::{postgres_now_micros, POSTGRES_EPOCH_OFFSET_MICROS};
 use crate::source::SourceEvent;
 
 /// How long a newly created topic may take to appear in the producer's metadata.
@@ -68,6 +76,12 @@ pub struct RefusedRecord {
 #[derive(Debug)]
 pub struct DeliveryContext {
     checkpoint: SharedCheckpoint,
+    health: Health,
+    /// `outbox_relay_events_total` counters by relation OID and topic, made once each.
+    delivered_counters: Mutex<HashMap<Oid, HashMap<String, Counter>>>,
+    latency: Histogram,
+    /// Broker connections so far (librdkafka statistics), to count reconnects.
+    connects: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
     /// Bounded by librdkafka's queue: at most every record in flight can be refused.
     refused: Mutex<Vec<RefusedRecord>>,
@@ -79,6 +93,35 @@ impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
         // Broker connection errors land here; librdkafka retries them itself.
         warn!(error = %error, reason, "kafka client error");
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.health.set_kafka_up(false);
+        }
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): broker state, round trip,
+    /// transmit errors and queue depth.
+    fn stats(&self, stats: Statistics) {
+        let mut up = false;
+        let mut connects = 0u64;
+        for (name, broker) in &stats.brokers {
+            if broker.nodeid < 0 {
+                continue; // bootstrap placeholders
+            }
+            up |= broker.state == "UP";
+            connects += broker.connects.unwrap_or(0).max(0) as u64;
+            if let Some(rtt) = &broker.rtt {
+                metrics::gauge!(metric::KAFKA_BROKER_RTT, "broker" => name.clone())
+                    .set(rtt.avg as f64 / 1e6);
+            }
+            metrics::gauge!(metric::KAFKA_BROKER_TX_ERRORS, "broker" => name.clone())
+                .set(broker.txerrs as f64);
+        }
+        self.health.set_kafka_up(up);
+        let before = self.connects.swap(connects, Ordering::Relaxed);
+        if before > 0 && connects > before {
+            metrics::counter!(metric::RECONNECTS, "target" => "kafka").increment(connects - before);
+        }
+        metrics::gauge!(metric::KAFKA_QUEUE_MESSAGES).set(stats.msg_cnt as f64);
     }
 }
 
@@ -88,7 +131,8 @@ impl ProducerContext for DeliveryContext {
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
         let seq = in_flight.event.seq;
         match result {
-            Ok(_) => {
+            Ok(message) => {
+                self.count_delivery(&in_flight.event, message.topic());
                 if let Err(e) = self.checkpoint.ack(seq, 1) {
                     // A bookkeeping bug must not move the slot: report it and stop acking.
                     error!(error = %e, "acknowledgement rejected by the checkpoint");
@@ -119,6 +163,28 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    fn count_delivery(&self, event: &SourceEvent, topic: &str) {
+        let commit_unix_micros = event.transaction.commit_ts_micros + POSTGRES_EPOCH_OFFSET_MICROS;
+        let now_unix_micros = postgres_now_micros() + POSTGRES_EPOCH_OFFSET_MICROS;
+        self.latency
+            .record((now_unix_micros - commit_unix_micros).max(0) as f64 / 1e6);
+        let crate::source::Change::Insert { relation, .. } = &event.change else {
+            return;
+        };
+        let mut counters = self
+            .delivered_counters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let by_topic = counters.entry(relation.oid).or_default();
+        if let Some(counter) = by_topic.get(topic) {
+            counter.increment(1);
+        } else {
+            let counter = metrics::counter!(metric::EVENTS, "table" => relation.qualified_name(), "topic" => topic.to_owned());
+            counter.increment(1);
+            by_topic.insert(topic.to_owned(), counter);
+        }
+    }
+
     fn record_failure(&self, topic: String, code: RDKafkaErrorCode, seq: TxnSeq) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         failure.get_or_insert(FailedDelivery { topic, code, seq });
@@ -133,10 +199,18 @@ pub struct EventProducer {
 }
 
 impl EventProducer {
-    pub fn new(kafka: &KafkaConfig, checkpoint: SharedCheckpoint) -> Result<Self, PublishError> {
+    pub fn new(
+        kafka: &KafkaConfig,
+        checkpoint: SharedCheckpoint,
+        health: Health,
+    ) -> Result<Self, PublishError> {
         let delivered = Arc::new(Notify::new());
         let context = DeliveryContext {
             checkpoint,
+            health,
+            delivered_counters: Mutex::new(HashMap::new()),
+            latency: metrics::histogram!(metric::DELIVERY_LATENCY),
+            connects: AtomicU64::new(0),
             failure: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),

@@ -68,6 +68,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("max.in.flight.requests.per.connection", "5"),
     ("socket.keepalive.enable", "true"),
     ("client.id", "outbox-relay"),
+    // Broker state, round trips and queue depth for metrics and readiness.
+    ("statistics.interval.ms", "1000"),
 ];
 
 /// Checks `[kafka.properties]`; the error names the property and the reason.

@@ -23,6 +23,7 @@ use status::StatusSchedule;
 
 use crate::checkpoint::{SharedCheckpoint, TxnSeq};
 use crate::ident::quote_literal;
+use crate::metrics as metric;
 use crate::replication::pgoutput::{self, PgOutputMessage};
 use crate::replication::relations::RelationCache;
 use crate::replication::{
@@ -36,6 +37,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// What the source needs from the config.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
+    /// Told when streaming starts and stops (readiness).
+    pub health: crate::health::Health,
     pub slot: String,
     pub publication: String,
     pub status_interval: Duration,
@@ -45,6 +48,7 @@ pub struct SourceSettings {
 impl SourceSettings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         SourceSettings {
+            health: crate::health::Health::default(),
             slot: config.source.slot.as_str().to_owned(),
             publication: config.source.publication.as_str().to_owned(),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
@@ -105,6 +109,7 @@ impl Source {
             .start_replication(&settings.slot, start, &settings.publication)
             .await?;
         checkpoint.lock().resume(start);
+        settings.health.set_streaming(true);
         Ok(Source {
             stream,
             status: StatusSchedule::new(settings.status_interval, confirmed, Instant::now()),
@@ -178,6 +183,7 @@ impl Source {
             }
         }
         self.send_status(false).await?;
+        self.settings.health.set_streaming(false);
         info!(flush = %self.checkpoint.flushed(), "replication stopped");
         self.stream.close().await
     }
@@ -258,7 +264,7 @@ impl Source {
                 if self.current.is_some() {
                     return Err(protocol("Begin inside an open transaction"));
                 }
-                let seq = self.checkpoint.lock().begin();
+                let seq = self.checkpoint.lock().begin_at(begin.commit_ts_micros);
                 self.current = Some(OpenTransaction {
                     seq,
                     info: Arc::new(TransactionInfo {
@@ -283,6 +289,7 @@ impl Source {
                 let flushed = checkpoint.flushed();
                 drop(checkpoint);
                 self.status.progressed(flushed, Instant::now());
+                metrics::counter!(metric::TRANSACTIONS).increment(1);
                 return Ok(());
             }
             PgOutputMessage::Relation(relation) => {
@@ -355,8 +362,30 @@ impl Source {
         };
         self.stream.send_status(status, reply_requested).await?;
         debug!(flush = %flushed, "standby status sent");
+        self.report_progress(flushed);
         self.status.sent(flushed, Instant::now());
         Ok(())
+    }
+}
+
+impl Source {
+    /// Progress gauges, updated with every status update (so at least once a second).
+    fn report_progress(&self, flushed: Lsn) {
+        let (in_flight, oldest) = {
+            let checkpoint = self.checkpoint.lock();
+            (
+                checkpoint.in_flight_events(),
+                checkpoint.oldest_commit_ts_micros(),
+            )
+        };
+        let lag_seconds = oldest.map_or(0.0, |commit| {
+            (crate::replication::stream::postgres_now_micros() - commit).max(0) as f64 / 1e6
+        });
+        metrics::gauge!(metric::CONFIRMED_FLUSH_LSN).set(flushed.0 as f64);
+        metrics::gauge!(metric::REPLICATION_LAG_BYTES)
+            .set(self.received.bytes_after(flushed) as f64);
+        metrics::gauge!(metric::IN_FLIGHT_EVENTS).set(in_flight as f64);
+        metrics::gauge!(metric::LAG_SECONDS).set(lag_seconds);
     }
 }
 

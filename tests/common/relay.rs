@@ -7,6 +7,10 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 /// A relay config for `db` on `pg_url`'s cluster, publishing to `bootstrap` with topics
 /// named `{prefix}.outbox.event.<aggregatetype>`. `extra` is appended verbatim.
 pub fn config_text(pg_url: &str, slot: &str, bootstrap: &str, prefix: &str, extra: &str) -> String {
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     format!(
         r#"[source]
 url = "{pg_url}"
@@ -15,6 +19,9 @@ publication = "{slot}_pub"
 tables = ["public.outbox"]
 status_interval_ms = 200
 shutdown_timeout_ms = 10000
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
 
 [kafka]
 bootstrap_servers = "{bootstrap}"
@@ -32,6 +39,7 @@ topic = "{prefix}.outbox.event.${{routedByValue}}"
 pub struct RelayProcess {
     child: Child,
     log: PathBuf,
+    config: PathBuf,
 }
 
 impl RelayProcess {
@@ -53,7 +61,43 @@ impl RelayProcess {
             .stderr(file)
             .spawn()
             .expect("spawn outbox-relay");
-        RelayProcess { child, log }
+        RelayProcess {
+            child,
+            log,
+            config: config.to_owned(),
+        }
+    }
+
+    /// The admin endpoint's `host:port`, from the config it was started with.
+    pub fn admin_address(&self) -> String {
+        let text = std::fs::read_to_string(&self.config).expect("relay config");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("listen = "))
+            .expect("[admin] listen in the config");
+        line.trim_start_matches("listen = ")
+            .trim_matches('"')
+            .to_owned()
+    }
+
+    /// `GET path` on the admin endpoint: status code and body (HTTP/1.0, no client crate).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut stream =
+            std::net::TcpStream::connect(self.admin_address()).expect("admin endpoint");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        (status, body)
     }
 
     pub fn pid(&self) -> u32 {

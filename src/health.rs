@@ -1,0 +1,63 @@
+//! What the probes report: whether the relay holds its slot and reaches Kafka.
+//!
+//! Liveness (`/healthz`) only says the process answers. Readiness (`/readyz`) says the
+//! relay is doing its job: streaming from the slot *and* with a broker up. A standby relay
+//! waiting for a slot held elsewhere, or one cut off from Kafka, is alive but not ready.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Shared flags, set by the source and the producer, read by the probes.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    inner: Arc<Flags>,
+}
+
+#[derive(Debug, Default)]
+struct Flags {
+    streaming: AtomicBool,
+    kafka_up: AtomicBool,
+}
+
+impl Health {
+    pub fn set_streaming(&self, streaming: bool) {
+        self.inner.streaming.store(streaming, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::CONNECTED, "target" => "postgres")
+            .set(f64::from(u8::from(streaming)));
+    }
+
+    pub fn set_kafka_up(&self, up: bool) {
+        self.inner.kafka_up.store(up, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::CONNECTED, "target" => "kafka")
+            .set(f64::from(u8::from(up)));
+    }
+
+    /// `Ok` when ready, else the reason, one line.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        if !self.inner.streaming.load(Ordering::Relaxed) {
+            return Err("not streaming from the replication slot");
+        }
+        if !self.inner.kafka_up.load(Ordering::Relaxed) {
+            return Err("no Kafka broker is reachable");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_with_both() {
+        let health = Health::default();
+        assert_eq!(
+            health.readiness(),
+            Err("not streaming from the replication slot")
+        );
+        health.set_streaming(true);
+        assert_eq!(health.readiness(), Err("no Kafka broker is reachable"));
+        health.set_kafka_up(true);
+        assert_eq!(health.readiness(), Ok(()));
+    }
+}
