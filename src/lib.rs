@@ -16,6 +16,7 @@
 //! - [`outbox`]: a row change → the Kafka record it becomes (Debezium-compatible routing).
 //! - [`dlq`]: the dead-letter record for a row that can never be published.
 //! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements.
+//! - [`status`]: the slot and publication as PostgreSQL sees them (`outbox-relay status`).
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
 //! - [`policy`]: the one map from failure to retry, dead-letter or stop.
 //! - [`metrics`]: metric names and descriptions.
@@ -37,4 +38,5 @@ pub mod pipeline;
 pub mod policy;
 pub mod replication;
 pub mod source;
+pub mod status;
 pub mod tail;

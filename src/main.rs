@@ -32,6 +32,16 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show the slot (active pid, confirmed_flush_lsn, retained WAL) and the publication's
+    /// tables, one per line.
+    Status {
+        /// The relay's TOML config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter topic tools.
     Dlq {
         #[command(subcommand)]
@@ -86,6 +96,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => runtime.block_on(run(&config)),
         Command::Check { config } => runtime.block_on(check(&config)),
+        Command::Status { config, json } => runtime.block_on(status(&config, json)),
         Command::Tail {
             config,
             topics,
@@ -192,6 +203,33 @@ async fn stop_on_signals(shutdown: CancellationToken) {
         } else {
             tracing::warn!("second signal: exiting now");
             std::process::exit(130);
+        }
+    }
+}
+
+async fn status(path: &Path, json: bool) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    match outbox_relay::status::read(&config).await {
+        Ok(status) if json => match serde_json::to_string_pretty(&status) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(status) => {
+            println!("{status}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -189,3 +189,39 @@ fn version_is_printed() {
         format!("outbox-relay {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_slot_and_publication_as_text_and_json() {
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("status").await;
+    let admin = cluster.client(&db).await;
+    admin.batch_execute(OUTBOX_DDL).await.unwrap();
+    for sql in [
+        "CREATE PUBLICATION status_slot FOR TABLE public.outbox",
+        "SELECT pg_create_logical_replication_slot('status_slot', 'pgoutput')",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&dir, &config_text(&cluster.url(&db), "status_slot"));
+    let config = config.to_str().unwrap();
+    let text = relay(&["status", "--config", config], &[]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "slot: status_slot");
+    assert_eq!(lines[1], "active pid: none");
+    assert!(lines[2].starts_with("confirmed_flush_lsn: 0/"), "{text}");
+    assert!(lines[3].starts_with("retained WAL bytes: "), "{text}");
+    assert_eq!(lines[5], "publication status_slot tables: public.outbox");
+
+    let json = relay(&["status", "--config", config, "--json"], &[]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["slot"], "status_slot");
+    assert_eq!(value["exists"], true);
+    assert_eq!(
+        value["publication_tables"],
+        serde_json::json!(["public.outbox"])
+    );
+    assert!(value["retained_wal_bytes"].as_i64().is_some());
+}
