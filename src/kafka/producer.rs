@@ -40,6 +40,15 @@ use crate::replication::pgoutput::Oid;
 use crate::replication::stream::{postgres_now_micros, POSTGRES_EPOCH_OFFSET_MICROS};
 use crate::source::SourceEvent;
 
+/// Records waiting this long without any delivery report make the relay unready.
+const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// How long a newly created topic may take to appear in the producer's metadata.
 const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a delivery report before retrying a send the queue refused.
@@ -82,6 +91,8 @@ pub struct DeliveryContext {
     latency: Histogram,
     /// Broker connections so far (librdkafka statistics), to count reconnects.
     connects: AtomicU64,
+    /// When the last delivery report arrived (ms since the Unix epoch).
+    last_report_ms: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
     /// Bounded by librdkafka's queue: at most every record in flight can be refused.
     refused: Mutex<Vec<RefusedRecord>>,
@@ -116,7 +127,11 @@ impl ClientContext for DeliveryContext {
             metrics::gauge!(metric::KAFKA_BROKER_TX_ERRORS, "broker" => name.clone())
                 .set(broker.txerrs as f64);
         }
-        self.health.set_kafka_up(up);
+        // A broker can look UP while it answers nothing (frozen, partitioned): with records
+        // waiting and no delivery report for a while, Kafka is not doing its part.
+        let silent_ms = unix_millis().saturating_sub(self.last_report_ms.load(Ordering::Relaxed));
+        let stalled = stats.msg_cnt > 0 && silent_ms > STALLED_AFTER.as_millis() as u64;
+        self.health.set_kafka_up(up && !stalled);
         let before = self.connects.swap(connects, Ordering::Relaxed);
         if before > 0 && connects > before {
             metrics::counter!(metric::RECONNECTS, "target" => "kafka").increment(connects - before);
@@ -130,6 +145,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
         let seq = in_flight.event.seq;
+        self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
         match result {
             Ok(message) => {
                 self.count_delivery(&in_flight.event, message.topic());
@@ -211,6 +227,7 @@ impl EventProducer {
             delivered_counters: Mutex::new(HashMap::new()),
             latency: metrics::histogram!(metric::DELIVERY_LATENCY),
             connects: AtomicU64::new(0),
+            last_report_ms: AtomicU64::new(unix_millis()),
             failure: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
