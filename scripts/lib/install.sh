@@ -11,7 +11,7 @@ as_root() {
 # Debian packages: PostgreSQL 15 server and client, and what librdkafka's build needs.
 install_debian_packages() {
   local wanted=(postgresql-15 postgresql-client-15 build-essential cmake pkg-config
-                libssl-dev zlib1g-dev libcurl4-openssl-dev openssl python3)
+                libssl-dev zlib1g-dev libcurl4-openssl-dev openssl python3 prometheus)
   local missing=()
   local pkg
   for pkg in "${wanted[@]}"; do
