@@ -14,9 +14,9 @@ use crate::ident::{quote_identifier, TableName};
 /// Failures of admin SQL.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("cannot connect to PostgreSQL for setup: {0}")]
+    #[error("cannot connect to PostgreSQL for setup: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("{action} failed: {source}")]
+    #[error("{action} failed: {}", describe(.source))]
     Sql {
         action: String,
         #[source]
@@ -39,6 +39,18 @@ impl AdminError {
     fn sql(action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
         let action = action.into();
         move |source| AdminError::Sql { action, source }
+    }
+}
+
+/// tokio-postgres prints a server error as just "db error": add the server's message and
+/// SQLSTATE, or the underlying cause, so the operator sees what went wrong.
+pub fn describe(error: &tokio_postgres::Error) -> String {
+    if let Some(db) = error.as_db_error() {
+        return format!("{} (SQLSTATE {})", db.message(), db.code().code());
+    }
+    match std::error::Error::source(error) {
+        Some(cause) => format!("{error}: {cause}"),
+        None => error.to_string(),
     }
 }
 

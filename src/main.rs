@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use outbox_relay::config::Config;
+use outbox_relay::config::{Config, LogConfig, LogFormat};
 use tokio_util::sync::CancellationToken;
 
 /// Relays PostgreSQL transactional-outbox rows to Kafka over logical replication.
@@ -82,7 +82,6 @@ enum DlqCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -114,25 +113,35 @@ fn main() -> ExitCode {
     }
 }
 
-/// Plain text on stderr; JSON when `OUTBOX_RELAY_LOG_FORMAT=json`. `RUST_LOG` sets the level.
-fn init_logging() {
+/// Logs on stderr: `[log]` from the config, overridden by `RUST_LOG` (level) and
+/// `OUTBOX_RELAY_LOG_FORMAT=json|text` (format).
+fn init_logging(log: &LogConfig) {
+    let level = log.level.clone().unwrap_or_else(|| "info".to_owned());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if std::env::var("OUTBOX_RELAY_LOG_FORMAT").is_ok_and(|f| f == "json") {
+    let json = match std::env::var("OUTBOX_RELAY_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") => false,
+        _ => log.format == LogFormat::Json,
+    };
+    if json {
         builder.json().init();
     } else {
         builder.init();
     }
 }
 
+/// Loads the config and starts logging as it says.
 fn load(path: &Path) -> Result<Config, ExitCode> {
-    Config::load(path).map_err(|e| {
+    let config = Config::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
-    })
+    })?;
+    init_logging(&config.log);
+    Ok(config)
 }
 
 async fn run(path: &Path) -> ExitCode {

@@ -492,3 +492,66 @@ async fn metrics_and_probes_report_what_was_delivered() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_log_line_or_error_contains_the_password() {
+    const PASSWORD: &str = "TopSecretPw77";
+    let s = setup("secrets", "").await;
+    let url_with_password =
+        |url: &str| url.replacen("postgres@", &format!("postgres:{PASSWORD}@"), 1);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("url = \""))
+        .unwrap()
+        .trim_end_matches('"')
+        .to_owned();
+    std::fs::write(&s.config, text.replace(&url, &url_with_password(&url))).unwrap();
+
+    // A normal run at debug level, with events flowing and a graceful stop.
+    let mut relay = RelayProcess::start_logging(&s.config, s.dir.path(), "debug");
+    s.wait_streaming(&mut relay).await;
+    s.admin
+        .batch_execute("INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k', 't', '{}' FROM generate_series(1, 10)")
+        .await
+        .unwrap();
+    Broker::shared()
+        .consume_count(&[&s.topic("order")], 10, Duration::from_secs(60))
+        .await;
+    let log = relay.log();
+    assert!(relay.terminate().success());
+    let mut outputs = vec![log];
+
+    // Errors: a database that does not exist, and an invalid URL.
+    let run = |config: &str| {
+        let path = s.dir.path().join("bad.toml");
+        std::fs::write(&path, config).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "debug")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let missing_db = text.replace(&format!("/{}\"", s.db), "/no_such_database\"");
+    let bad_port = text.replace("@127.0.0.1:", "@127.0.0.1:notaport");
+    for config in [missing_db, bad_port] {
+        let output = run(&config);
+        assert!(!output.is_empty());
+        outputs.push(output);
+    }
+    assert!(
+        outputs[1].contains("no_such_database"),
+        "the error is still useful: {}",
+        outputs[1]
+    );
+    for output in &outputs {
+        assert!(!output.contains(PASSWORD), "password leaked:\n{output}");
+    }
+}

@@ -56,6 +56,28 @@ pub struct Config {
     pub dlq: DlqConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// `[log]`: how the relay logs. `RUST_LOG` and `OUTBOX_RELAY_LOG_FORMAT` override these.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json` (one object per line, for containers).
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `info,outbox_relay=debug`.
+    pub level: Option<String>,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// `[admin]`: the HTTP endpoint for `/metrics`, `/healthz` and `/readyz`.

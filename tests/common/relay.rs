@@ -43,8 +43,15 @@ pub struct RelayProcess {
 }
 
 impl RelayProcess {
-    /// Starts the relay on `config` (a file), logging to `log_dir/relay-<n>.log`.
+    /// Starts the relay on `config` (a file), logging to `log_dir/relay-<n>.log` at the
+    /// level in `RELAY_LOG` (default info).
     pub fn start(config: &Path, log_dir: &Path) -> RelayProcess {
+        let level = std::env::var("RELAY_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into());
+        RelayProcess::start_logging(config, log_dir, &level)
+    }
+
+    /// [`RelayProcess::start`] with an explicit `RUST_LOG` filter.
+    pub fn start_logging(config: &Path, log_dir: &Path, level: &str) -> RelayProcess {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = log_dir.join(format!("relay-{n}.log"));
