@@ -59,10 +59,7 @@ impl RelayProcess {
         let child = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
             .args(["run", "--config"])
             .arg(config)
-            .env(
-                "RUST_LOG",
-                std::env::var("RELAY_LOG").unwrap_or_else(|_| "info,rdkafka=warn".into()),
-            )
+            .env("RUST_LOG", level)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)
