@@ -24,6 +24,8 @@ pub enum AdminError {
     },
     #[error("{0}")]
     Missing(String),
+    #[error("TLS to PostgreSQL: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 impl AdminError {
@@ -32,7 +34,7 @@ impl AdminError {
         match self {
             AdminError::Connect(e) => e.as_db_error().is_none(),
             AdminError::Sql { source, .. } => source.as_db_error().is_none(),
-            AdminError::Missing(_) => false,
+            AdminError::Missing(_) | AdminError::Tls(_) => false,
         }
     }
 
@@ -56,17 +58,30 @@ pub fn describe(error: &tokio_postgres::Error) -> String {
 
 /// Opens an admin connection; its driver runs on a spawned task.
 pub async fn connect(config: &Config) -> Result<Client, AdminError> {
-    let (client, connection) = config
-        .postgres_config()
-        .connect(NoTls)
-        .await
-        .map_err(AdminError::Connect)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            warn!(error = %e, "admin connection ended");
-        }
-    });
+    let tls = config.tls_settings();
+    let pg = config.postgres_config();
+    let client = if tls.mode == crate::tls::SslMode::Disable {
+        let (client, connection) = pg.connect(NoTls).await.map_err(AdminError::Connect)?;
+        tokio::spawn(drive(connection));
+        client
+    } else {
+        let connector =
+            tokio_postgres_rustls::MakeRustlsConnect::new((*tls.client_config()?).clone());
+        let (client, connection) = pg.connect(connector).await.map_err(AdminError::Connect)?;
+        tokio::spawn(drive(connection));
+        client
+    };
     Ok(client)
+}
+
+/// Runs a connection's I/O until it ends.
+async fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = connection.await {
+        warn!(error = %describe(&e), "admin connection ended");
+    }
 }
 
 /// Creates the publication (when allowed and missing), then the slot (likewise).

@@ -17,6 +17,7 @@
 //! - [`dlq`]: the dead-letter record for a row that can never be published.
 //! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements.
 //! - [`status`]: the slot and publication as PostgreSQL sees them (`outbox-relay status`).
+//! - [`tls`]: sslmode and certificates for both PostgreSQL connections (rustls).
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
 //! - [`policy`]: the one map from failure to retry, dead-letter or stop.
 //! - [`metrics`]: metric names and descriptions.
@@ -40,3 +41,4 @@ pub mod replication;
 pub mod source;
 pub mod status;
 pub mod tail;
+pub mod tls;

@@ -353,7 +353,24 @@ impl Config {
     /// Checks the constraints serde cannot express. Returns the key and the constraint.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let source = &self.source;
-        if let Err(e) = tokio_postgres::Config::from_str(&source.url) {
+        let url_without_tls = match crate::tls::split_url(&source.url) {
+            Ok((rest, tls)) => {
+                if matches!(
+                    tls.mode,
+                    crate::tls::SslMode::VerifyCa | crate::tls::SslMode::VerifyFull
+                ) && tls.root_cert.is_none()
+                {
+                    return Err((
+                        "source.url",
+                        "sslmode=verify-ca/verify-full needs sslrootcert=<CA file> in the URL"
+                            .into(),
+                    ));
+                }
+                rest
+            }
+            Err(e) => return Err(("source.url", e.to_string())),
+        };
+        if let Err(e) = tokio_postgres::Config::from_str(&url_without_tls) {
             return Err((
                 "source.url",
                 format!("not a valid PostgreSQL connection URL ({e}); expected postgres://user:${{PGPASSWORD}}@host:5432/dbname"),
@@ -461,10 +478,20 @@ impl Config {
         Ok(())
     }
 
-    /// The parsed `source.url` (validated by [`Config::validate`]).
+    /// The TLS settings of `source.url` (sslmode, sslrootcert, sslcert, sslkey).
+    pub fn tls_settings(&self) -> crate::tls::TlsSettings {
+        crate::tls::split_url(&self.source.url)
+            .map(|(_, tls)| tls)
+            .expect("source.url is validated when the config is loaded")
+    }
+
+    /// The parsed `source.url` without its TLS part (validated by [`Config::validate`]).
     pub fn postgres_config(&self) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::from_str(&self.source.url)
+        let (url, tls) = crate::tls::split_url(&self.source.url)
             .expect("source.url is validated when the config is loaded");
+        let mut config = tokio_postgres::Config::from_str(&url)
+            .expect("source.url is validated when the config is loaded");
+        config.ssl_mode(tls.tokio_postgres_mode());
         config.connect_timeout(std::time::Duration::from_millis(
             self.source.connect_timeout_ms,
         ));

@@ -14,7 +14,7 @@ use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM
 use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 use tokio_util::codec::FramedRead;
 use tracing::debug;
 
@@ -23,6 +23,7 @@ use super::error::{ReplicationError, ServerError};
 use super::lsn::Lsn;
 use super::stream::ReplicationStream;
 use crate::ident::{quote_identifier, quote_literal};
+use crate::tls::TlsSettings;
 
 /// A byte stream the connection can run over (TCP or Unix socket; TLS later).
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
@@ -50,17 +51,21 @@ pub struct ReplicationConnection {
 }
 
 impl ReplicationConnection {
-    /// Connects to the first reachable host of `config` and authenticates.
+    /// Connects to the first reachable host of `config` without TLS and authenticates.
     pub async fn connect(config: &tokio_postgres::Config) -> Result<Self, ReplicationError> {
-        match config.get_ssl_mode() {
-            SslMode::Disable | SslMode::Prefer => {}
-            other => {
-                return Err(ReplicationError::Unsupported(format!(
-                "sslmode={other:?} is not supported by this build; use sslmode=disable or prefer"
-            )))
-            }
-        }
-        let transport = open_transport(config).await?;
+        let plain = TlsSettings {
+            mode: crate::tls::SslMode::Disable,
+            ..TlsSettings::default()
+        };
+        Self::connect_tls(config, &plain).await
+    }
+
+    /// Connects with TLS as `tls` says (see [`crate::tls`]) and authenticates.
+    pub async fn connect_tls(
+        config: &tokio_postgres::Config,
+        tls: &TlsSettings,
+    ) -> Result<Self, ReplicationError> {
+        let transport = open_transport(config, tls).await?;
         let (read, write) = tokio::io::split(transport);
         let mut connection = ReplicationConnection {
             reader: FramedRead::new(read, BackendCodec),
@@ -272,7 +277,15 @@ impl ReplicationConnection {
 
 async fn open_transport(
     config: &tokio_postgres::Config,
+    tls: &TlsSettings,
 ) -> Result<Box<dyn Transport>, ReplicationError> {
+    let client_config = match tls.mode {
+        crate::tls::SslMode::Disable => None,
+        _ => Some(tls.client_config().map_err(|e| ReplicationError::Tls {
+            address: "(config)".into(),
+            reason: e.to_string(),
+        })?),
+    };
     let timeout = config
         .get_connect_timeout()
         .copied()
@@ -281,6 +294,10 @@ async fn open_transport(
     let mut last_error = None;
     for (i, host) in config.get_hosts().iter().enumerate() {
         let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+        let host_name = match host {
+            Host::Tcp(name) => Some(name.clone()),
+            Host::Unix(_) => None,
+        };
         let (address, attempt): (String, _) = match host {
             Host::Tcp(name) => (format!("{name}:{port}"), None),
             Host::Unix(dir) => {
@@ -301,13 +318,74 @@ async fn open_transport(
                 }
             };
         match tokio::time::timeout(timeout, connect).await {
-            Ok(Ok(stream)) => return Ok(stream),
+            Ok(Ok(stream)) => {
+                return match (&client_config, host_name) {
+                    (Some(client_config), Some(host)) => {
+                        start_tls(stream, client_config, &host, &address, tls.mode).await
+                    }
+                    // No TLS over Unix sockets, as libpq.
+                    _ => Ok(stream),
+                };
+            }
             Ok(Err(source)) => last_error = Some(ReplicationError::Connect { address, source }),
             Err(_) => last_error = Some(ReplicationError::ConnectTimeout { address }),
         }
     }
     Err(last_error
         .unwrap_or_else(|| ReplicationError::Unsupported("source.url names no host".into())))
+}
+
+/// SSLRequest, then the TLS handshake (or plain, when the server declines and sslmode is
+/// `prefer`).
+async fn start_tls(
+    mut stream: Box<dyn Transport>,
+    client_config: &std::sync::Arc<rustls::ClientConfig>,
+    host: &str,
+    address: &str,
+    mode: crate::tls::SslMode,
+) -> Result<Box<dyn Transport>, ReplicationError> {
+    use tokio::io::AsyncReadExt;
+    let tls_error = |reason: String| ReplicationError::Tls {
+        address: address.to_owned(),
+        reason,
+    };
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    stream.write_all(&request).await?;
+    let mut answer = [0u8; 1];
+    stream.read_exact(&mut answer).await?;
+    match answer[0] {
+        b'S' => {}
+        b'N' if mode == crate::tls::SslMode::Prefer => return Ok(stream),
+        b'N' => return Err(tls_error(
+            "the server does not accept TLS (ssl = off); enable ssl on the server or lower sslmode"
+                .into(),
+        )),
+        other => {
+            return Err(tls_error(format!(
+                "unexpected answer {other:?} to SSLRequest"
+            )))
+        }
+    }
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| tls_error(format!("{host:?} is not a valid TLS server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::clone(client_config));
+    match connector.connect(server_name, stream).await {
+        Ok(tls) => Ok(Box::new(tls)),
+        Err(e) => {
+            let reason = match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                )) => format!(
+                    "the server's certificate does not match host {host:?} (sslmode=verify-full); connect with a name the certificate lists"
+                ),
+                Some(other) => format!("{other}"),
+                None => e.to_string(),
+            };
+            Err(tls_error(reason))
+        }
+    }
 }
 
 /// The text of each column of a `DataRow` (`None` for NULL).

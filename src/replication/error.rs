@@ -39,6 +39,8 @@ pub enum ReplicationError {
     },
     #[error("timed out connecting to PostgreSQL at {address}")]
     ConnectTimeout { address: String },
+    #[error("TLS with PostgreSQL at {address} failed: {reason}")]
+    Tls { address: String, reason: String },
     #[error("replication connection failed: {0}")]
     Io(#[from] io::Error),
     #[error("the server closed the replication connection")]
@@ -70,6 +72,7 @@ impl ReplicationError {
             | ReplicationError::Closed => true,
             ReplicationError::Server(e) => !is_permanent_sqlstate(&e.code),
             ReplicationError::Auth(_)
+            | ReplicationError::Tls { .. }
             | ReplicationError::Unsupported(_)
             | ReplicationError::Protocol(_)
             | ReplicationError::Decode { .. } => false,

@@ -39,6 +39,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 pub struct SourceSettings {
     /// Told when streaming starts and stops (readiness).
     pub health: crate::health::Health,
+    pub tls: crate::tls::TlsSettings,
     pub slot: String,
     pub publication: String,
     pub status_interval: Duration,
@@ -49,6 +50,7 @@ impl SourceSettings {
     pub fn from_config(config: &crate::config::Config) -> Self {
         SourceSettings {
             health: crate::health::Health::default(),
+            tls: config.tls_settings(),
             slot: config.source.slot.as_str().to_owned(),
             publication: config.source.publication.as_str().to_owned(),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
@@ -94,7 +96,7 @@ impl Source {
         settings: SourceSettings,
         checkpoint: &SharedCheckpoint,
     ) -> Result<Source, ReplicationError> {
-        let mut connection = ReplicationConnection::connect(pg).await?;
+        let mut connection = ReplicationConnection::connect_tls(pg, &settings.tls).await?;
         let identity = connection.identify_system().await?;
         let confirmed = slot_confirmed_lsn(&mut connection, &settings.slot).await?;
         let start = confirmed.max(checkpoint.flushed());
