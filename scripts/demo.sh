@@ -23,12 +23,16 @@ psql_run orders "$(cat migrations/0001_outbox.sql)
 CREATE TABLE orders (id uuid PRIMARY KEY, customer text NOT NULL, total_cents int NOT NULL);"
 
 CONFIG="$WORK/relay.toml"
+ADMIN_PORT=$(free_port)
 cat > "$CONFIG" <<TOML
 [source]
 url = "postgres://postgres@127.0.0.1:${PG_PORT}/orders"
 slot = "outbox_relay"
 publication = "outbox_relay"
 tables = ["public.outbox"]
+
+[admin]
+listen = "127.0.0.1:${ADMIN_PORT}"
 
 [kafka]
 bootstrap_servers = "127.0.0.1:${BROKER_PORT}"
@@ -45,7 +49,7 @@ TOML
 
 echo "== outbox-relay check"
 "$RELAY" check --config "$CONFIG"
-echo "== starting the relay (log: $WORK/relay.log)"
+echo "== starting the relay (log: $WORK/relay.log; metrics: http://127.0.0.1:$ADMIN_PORT/metrics)"
 "$RELAY" run --config "$CONFIG" >"$WORK/relay.log" 2>&1 &
 RELAY_PID=$!
 services_track "$RELAY_PID"
