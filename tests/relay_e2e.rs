@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::kafka::{unique_topic, Broker, ReceivedRecord};
 use common::pg::PgCluster;
 use common::relay::{config_text, RelayProcess};
-use common::workload::{write_rows, RowText, WrittenTxn};
+use common::workload::{seq_of, write_rows, write_seq, RowText, WrittenTxn};
 use common::{wait_for, OUTBOX_DDL};
 
 /// A database with the outbox, a relay config for it and a directory for logs.
@@ -218,19 +218,10 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_keep_their_id() {
     s.wait_streaming(&mut relay).await;
 
     let db = s.db.clone();
-    let writer = tokio::spawn(async move {
-        let client = PgCluster::shared().client(&db).await;
-        for start in (0..ROWS).step_by(100) {
-            client
-                .execute(
-                    "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 50), 'Created', \
-                     jsonb_build_object('seq', i) FROM generate_series($1::bigint, $1::bigint + 99) AS i",
-                    &[&start],
-                )
-                .await
-                .unwrap();
-        }
-    });
+    let writer =
+        tokio::spawn(
+            async move { write_seq(&PgCluster::shared().client(&db).await, 0, ROWS).await },
+        );
     let topic = s.topic("order");
     let before = Broker::shared()
         .consume_until(&[&topic], Duration::from_secs(120), |r| r.len() >= 10_000)
@@ -243,14 +234,6 @@ async fn sigkill_mid_stream_loses_nothing_and_duplicates_keep_their_id() {
     writer.await.unwrap();
 
     let mut relay = s.start_relay();
-    let seq_of = |r: &ReceivedRecord| -> i64 {
-        let payload = String::from_utf8(r.payload.clone().unwrap()).unwrap();
-        payload
-            .trim_start_matches("{\"seq\": ")
-            .trim_end_matches('}')
-            .parse()
-            .unwrap()
-    };
     let records = Broker::shared()
         .consume_until(
             &[&topic],
@@ -375,22 +358,10 @@ async fn sigterm_mid_stream_exits_0_and_nothing_acknowledged_is_sent_again() {
 
     // Each transaction of 100 rows, with an upper bound of its commit LSN.
     let db = s.db.clone();
-    let writer = tokio::spawn(async move {
-        let client = PgCluster::shared().client(&db).await;
-        let mut committed = Vec::new();
-        for start in (0..ROWS).step_by(100) {
-            client
-                .execute(
-                    "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 50), 'Created', \
-                     jsonb_build_object('seq', i) FROM generate_series($1::bigint, $1::bigint + 99) AS i",
-                    &[&start],
-                )
-                .await
-                .unwrap();
-            committed.push((start, common::insert_lsn(&client).await));
-        }
-        committed
-    });
+    let writer =
+        tokio::spawn(
+            async move { write_seq(&PgCluster::shared().client(&db).await, 0, ROWS).await },
+        );
     let topic = s.topic("order");
     Broker::shared()
         .consume_until(&[&topic], Duration::from_secs(120), |r| r.len() >= 20_000)
@@ -401,14 +372,6 @@ async fn sigterm_mid_stream_exits_0_and_nothing_acknowledged_is_sent_again() {
     let committed = writer.await.unwrap();
 
     let _relay = s.start_relay();
-    let seq_of = |r: &ReceivedRecord| -> i64 {
-        let payload = String::from_utf8(r.payload.clone().unwrap()).unwrap();
-        payload
-            .trim_start_matches("{\"seq\": ")
-            .trim_end_matches('}')
-            .parse()
-            .unwrap()
-    };
     let records = Broker::shared()
         .consume_until(
             &[&topic],

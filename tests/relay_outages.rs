@@ -7,33 +7,11 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
-use common::kafka::{unique_topic, Broker, ReceivedRecord};
+use common::kafka::{unique_topic, Broker};
 use common::pg::{PgCluster, PgOptions};
 use common::relay::{config_text, RelayProcess};
+use common::workload::{seq_of, write_seq};
 use common::{confirmed_flush, insert_lsn, wait_for, OUTBOX_DDL};
-
-/// Writes rows `from..to` (payload `{"seq": n}`) in transactions of 100.
-async fn write_seq(client: &tokio_postgres::Client, from: i64, to: i64) {
-    for start in (from..to).step_by(100) {
-        client
-            .execute(
-                "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 20), 'Created', \
-                 jsonb_build_object('seq', i) FROM generate_series($1::bigint, $2::bigint) AS i",
-                &[&start, &(start + 99).min(to - 1)],
-            )
-            .await
-            .unwrap();
-    }
-}
-
-fn seq_of(record: &ReceivedRecord) -> i64 {
-    let payload = String::from_utf8(record.payload.clone().unwrap()).unwrap();
-    payload
-        .trim_start_matches("{\"seq\": ")
-        .trim_end_matches('}')
-        .parse()
-        .unwrap()
-}
 
 /// Reads `topic` until every seq in `0..n` arrived; returns the distinct seqs.
 async fn wait_all(broker: &Broker, topic: &str, n: i64) -> HashSet<i64> {

@@ -113,3 +113,35 @@ pub async fn write_rows(
     }
     (txns, rows)
 }
+
+/// Writes rows `from..to`, payload `{"seq": n}`, key `k<n % 50>`, in transactions of 100;
+/// returns each transaction's first seq and an upper bound of its commit end LSN.
+pub async fn write_seq(
+    client: &tokio_postgres::Client,
+    from: i64,
+    to: i64,
+) -> Vec<(i64, outbox_relay::replication::Lsn)> {
+    let mut committed = Vec::new();
+    for start in (from..to).step_by(100) {
+        client
+            .execute(
+                "INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || (i % 50), 'Created', \
+                 jsonb_build_object('seq', i) FROM generate_series($1::bigint, $2::bigint) AS i",
+                &[&start, &(start + 99).min(to - 1)],
+            )
+            .await
+            .expect("insert outbox rows");
+        committed.push((start, super::insert_lsn(client).await));
+    }
+    committed
+}
+
+/// The `n` of a record written by [`write_seq`].
+pub fn seq_of(record: &super::kafka::ReceivedRecord) -> i64 {
+    let payload = String::from_utf8(record.payload.clone().expect("payload")).expect("utf-8");
+    payload
+        .trim_start_matches("{\"seq\": ")
+        .trim_end_matches('}')
+        .parse()
+        .expect("a {\"seq\": n} payload")
+}
