@@ -335,33 +335,38 @@ impl Sink {
     ) -> Result<(), RelayError> {
         for refused in self.producer.take_refused() {
             let event = refused.in_flight.event;
-            let reason = match refused.in_flight.dead_letter {
+            let (policy, original) = match self.router.route(&event.change) {
+                Routed::Publish(record) => (Arc::clone(&record.policy), Some(record)),
+                Routed::Reject { policy, .. } => (policy, None),
+                Routed::Ignore { .. } => {
+                    self.ack(&event)?;
+                    continue;
+                }
+            };
+            match refused.in_flight.dead_letter {
+                // The row was already logged and counted when it was first dead-lettered:
+                // only the write is repeated.
                 Some(reason) => {
                     warn!(topic = %refused.topic, code = ?refused.code, "dead-letter write refused; retrying");
                     tokio::select! {
                         _ = sleep(DEAD_LETTER_RETRY) => {}
                         _ = shutdown.cancelled() => return Ok(()),
                     }
-                    reason
-                }
-                None => dlq::Reason {
-                    class: policy::code_class(refused.code),
-                    message: format!(
-                        "Kafka refused the record for topic {}: {}",
-                        refused.topic, refused.code
-                    ),
-                },
-            };
-            match self.router.route(&event.change) {
-                Routed::Publish(record) => {
-                    let policy = Arc::clone(&record.policy);
-                    self.reject(&event, &policy, Some(&record), reason, shutdown)
+                    let dead = dlq::record(&event, &policy, original.as_ref(), &reason);
+                    self.send_dead_letter(&event, &dead, reason, shutdown)
                         .await?;
                 }
-                Routed::Reject { policy, .. } => {
-                    self.reject(&event, &policy, None, reason, shutdown).await?
+                None => {
+                    let reason = dlq::Reason {
+                        class: policy::code_class(refused.code),
+                        message: format!(
+                            "Kafka refused the record for topic {}: {}",
+                            refused.topic, refused.code
+                        ),
+                    };
+                    self.reject(&event, &policy, original.as_ref(), reason, shutdown)
+                        .await?;
                 }
-                Routed::Ignore { .. } => self.ack(&event)?,
             }
         }
         Ok(())
@@ -405,8 +410,19 @@ impl Sink {
         );
         metrics::counter!(metric::EVENTS_DEAD_LETTERED, "table" => policy.table.to_string(), "class" => reason.class)
             .increment(1);
-        // The dead-letter topic must take the row: retry without limit, never drop it,
-        // and acknowledge nothing after it meanwhile (the checkpoint waits for it).
+        self.send_dead_letter(event, &dead, reason, shutdown).await
+    }
+
+    /// Writes `dead` to its dead-letter topic. The topic must take the row: retry without
+    /// limit, never drop it, and acknowledge nothing after it meanwhile (the checkpoint
+    /// waits for it).
+    async fn send_dead_letter(
+        &mut self,
+        event: &SourceEvent,
+        dead: &OutboundRecord,
+        reason: dlq::Reason,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
         let mut backoff = Backoff::default();
         loop {
             let sent = match self.ensure_topic(&dead.topic, shutdown).await {
@@ -415,7 +431,7 @@ impl Sink {
                         event: event.clone(),
                         dead_letter: Some(reason.clone()),
                     };
-                    self.producer.send(&dead, in_flight).await
+                    self.producer.send(dead, in_flight).await
                 }
                 Err(e) => Err(e),
             };
