@@ -38,7 +38,8 @@ impl AdminError {
         }
     }
 
-    fn sql(action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
+    /// Wraps a failed statement with what it was doing.
+    pub fn sql(action: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> AdminError {
         let action = action.into();
         move |source| AdminError::Sql { action, source }
     }

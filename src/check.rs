@@ -103,10 +103,7 @@ async fn query_one(
     client
         .query_one(sql, params)
         .await
-        .map_err(|source| AdminError::Sql {
-            action: format!("checking {what}"),
-            source,
-        })
+        .map_err(AdminError::sql(format!("checking {what}")))
 }
 
 async fn wal_level(client: &Client) -> Result<CheckLine, AdminError> {
@@ -217,10 +214,7 @@ async fn table_columns(
             &[&table.schema, &table.table],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: format!("checking {name}"),
-            source,
-        })?;
+        .map_err(AdminError::sql(format!("checking {name}")))?;
     if rows.is_empty() {
         return Ok(CheckLine::fail(
             name,
@@ -255,10 +249,7 @@ async fn publication(client: &Client, config: &Config) -> Result<CheckLine, Admi
             &[&pubname],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: "checking the publication".into(),
-            source,
-        })?;
+        .map_err(AdminError::sql("checking the publication"))?;
     let Some(row) = row else {
         let create = admin_sql::create_publication_sql(pubname, &source.tables);
         return Ok(if source.create_publication {
@@ -278,10 +269,7 @@ async fn publication(client: &Client, config: &Config) -> Result<CheckLine, Admi
             &[&pubname],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: "checking the publication's tables".into(),
-            source,
-        })?
+        .map_err(AdminError::sql("checking the publication's tables"))?
         .iter()
         .map(|r| r.get(0))
         .collect();
@@ -342,10 +330,7 @@ async fn slot(client: &Client, config: &Config) -> Result<CheckLine, AdminError>
             &[&source.slot.as_str()],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: "checking the replication slot".into(),
-            source,
-        })?;
+        .map_err(AdminError::sql("checking the replication slot"))?;
     let recreate = format!(
         "SELECT pg_drop_replication_slot('{0}'); SELECT pg_create_logical_replication_slot('{0}', 'pgoutput')",
         source.slot

@@ -33,10 +33,7 @@ pub async fn read(config: &Config) -> Result<SlotStatus, AdminError> {
             &[&slot],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: "reading the replication slot".into(),
-            source,
-        })?;
+        .map_err(AdminError::sql("reading the replication slot"))?;
     let publication = config.source.publication.as_str();
     let tables = client
         .query(
@@ -45,10 +42,7 @@ pub async fn read(config: &Config) -> Result<SlotStatus, AdminError> {
             &[&publication],
         )
         .await
-        .map_err(|source| AdminError::Sql {
-            action: "reading the publication".into(),
-            source,
-        })?;
+        .map_err(AdminError::sql("reading the publication"))?;
     Ok(SlotStatus {
         slot: slot.to_owned(),
         exists: row.is_some(),
