@@ -78,12 +78,7 @@ async fn partitions_when_present(
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .map_err(PublishError::Client)?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
+        let partitions = crate::kafka::partitions_of(&metadata, topic);
         if !partitions.is_empty() || tokio::time::Instant::now() >= deadline {
             return Ok(partitions);
         }

@@ -52,6 +52,17 @@ impl PublishError {
     }
 }
 
+/// The partition ids `metadata` lists for `topic`; empty when the broker reports the topic
+/// missing or in error. "The topic exists" means this is not empty.
+pub fn partitions_of(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Vec<i32> {
+    metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect()
+}
+
 /// librdkafka codes no retry fixes (as Vector lists them for its Kafka sink).
 pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
     use RDKafkaErrorCode::*;

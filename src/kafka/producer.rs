@@ -299,11 +299,7 @@ impl EventProducer {
                 let known = producer
                     .client()
                     .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .map(|m| {
-                        m.topics().iter().any(|t| {
-                            t.name() == topic && t.error().is_none() && !t.partitions().is_empty()
-                        })
-                    });
+                    .map(|m| !super::partitions_of(&m, &topic).is_empty());
                 match known {
                     Ok(true) => return Ok(()),
                     Ok(false) if std::time::Instant::now() < deadline => {

@@ -130,9 +130,6 @@ impl TopicManager {
             .inner()
             .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
             .map_err(PublishError::Client)?;
-        Ok(metadata
-            .topics()
-            .iter()
-            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()))
+        Ok(!super::partitions_of(&metadata, topic).is_empty())
     }
 }
