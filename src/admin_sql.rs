@@ -100,11 +100,12 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<(), AdminError>
             )));
         }
         let sql = create_publication_sql(source.publication.as_str(), &source.tables);
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(AdminError::sql("creating the publication"))?;
-        info!(publication = %source.publication, "created publication");
+        match client.batch_execute(&sql).await {
+            Ok(()) => info!(publication = %source.publication, "created publication"),
+            // Another replica of this relay, starting at the same moment, created it first.
+            Err(e) if created_concurrently(&e) => {}
+            Err(e) => return Err(AdminError::sql("creating the publication")(e)),
+        }
     }
     if !slot_exists(client, source.slot.as_str()).await? {
         if !source.create_slot {
@@ -113,16 +114,28 @@ pub async fn prepare(client: &Client, config: &Config) -> Result<(), AdminError>
                 source.slot, source.slot
             )));
         }
-        client
+        let created = client
             .execute(
                 "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
                 &[&source.slot.as_str()],
             )
-            .await
-            .map_err(AdminError::sql("creating the replication slot"))?;
-        info!(slot = %source.slot, "created replication slot");
+            .await;
+        match created {
+            Ok(_) => info!(slot = %source.slot, "created replication slot"),
+            Err(e) if created_concurrently(&e) => {}
+            Err(e) => return Err(AdminError::sql("creating the replication slot")(e)),
+        }
     }
     Ok(())
+}
+
+/// Whether a `CREATE` failed only because someone created the object in between.
+fn created_concurrently(error: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    matches!(
+        error.code(),
+        Some(&SqlState::DUPLICATE_OBJECT) | Some(&SqlState::UNIQUE_VIOLATION)
+    )
 }
 
 /// `CREATE PUBLICATION "p" FOR TABLE "s"."t", ...`

@@ -16,6 +16,7 @@ pub struct Health {
 #[derive(Debug, Default)]
 struct Flags {
     streaming: AtomicBool,
+    standby: AtomicBool,
     kafka_up: AtomicBool,
 }
 
@@ -24,6 +25,17 @@ impl Health {
         self.inner.streaming.store(streaming, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::CONNECTED, "target" => "postgres")
             .set(f64::from(u8::from(streaming)));
+    }
+
+    /// The slot is streaming to another process (another replica of this relay): this one
+    /// waits to take over.
+    pub fn set_standby(&self, standby: bool) {
+        self.inner.standby.store(standby, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::STANDBY).set(f64::from(u8::from(standby)));
+    }
+
+    pub fn is_standby(&self) -> bool {
+        self.inner.standby.load(Ordering::Relaxed)
     }
 
     pub fn set_kafka_up(&self, up: bool) {
@@ -35,6 +47,9 @@ impl Health {
     /// `Ok` when ready, else the reason, one line.
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.inner.streaming.load(Ordering::Relaxed) {
+            if self.is_standby() {
+                return Err("standby: the replication slot is held by another relay");
+            }
             return Err("not streaming from the replication slot");
         }
         if !self.inner.kafka_up.load(Ordering::Relaxed) {
@@ -55,6 +70,12 @@ mod tests {
             health.readiness(),
             Err("not streaming from the replication slot")
         );
+        health.set_standby(true);
+        assert_eq!(
+            health.readiness(),
+            Err("standby: the replication slot is held by another relay")
+        );
+        health.set_standby(false);
         health.set_streaming(true);
         assert_eq!(health.readiness(), Err("no Kafka broker is reachable"));
         health.set_kafka_up(true);

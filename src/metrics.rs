@@ -25,6 +25,8 @@ pub const IN_FLIGHT_EVENTS: &str = "outbox_relay_in_flight_events";
 pub const KAFKA_QUEUE_MESSAGES: &str = "outbox_relay_kafka_queue_messages";
 /// 1 while connected, by target (`postgres`, `kafka`).
 pub const CONNECTED: &str = "outbox_relay_connected";
+/// 1 while another relay holds the slot and this one stands by to take over.
+pub const STANDBY: &str = "outbox_relay_standby";
 /// Reconnections, by target.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Always 1, with the version as a label.
@@ -95,6 +97,10 @@ pub fn describe() {
     describe_gauge!(
         CONNECTED,
         "1 while connected to the target (postgres, kafka)"
+    );
+    describe_gauge!(
+        STANDBY,
+        "1 while another relay holds the slot and this one stands by"
     );
     describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");

@@ -36,6 +36,8 @@ use crate::source::{EventBatch, Source, SourceEvent, SourceSettings};
 
 /// Pause before a refused dead-letter write is sent again.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// How often a standby relay tries to take the slot over (with jitter, half to all of it).
+const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the sink looks for failed deliveries while no events arrive.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -171,24 +173,54 @@ async fn run_source(
     halt: CancellationToken,
 ) -> Result<(), RelayError> {
     let pg = config.postgres_config();
-    let settings = SourceSettings {
+    let mut settings = SourceSettings {
         health: health.clone(),
         ..SourceSettings::from_config(&config)
     };
     let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
     let mut backoff = Backoff::default();
+    let mut standby_poll = Backoff::new(STANDBY_POLL, STANDBY_POLL);
     loop {
-        let outcome = match Source::connect(&pg, settings.clone(), &checkpoint).await {
+        let connect = tokio::time::timeout(
+            settings.receive_timeout,
+            Source::connect(&pg, settings.clone(), &checkpoint),
+        );
+        let connected = match connect.await {
+            Ok(result) => result,
+            Err(_) => Err(ReplicationError::ReceiveTimeout(settings.receive_timeout)),
+        };
+        let outcome = match connected {
             Ok(source) => {
                 backoff.reset();
-                source
+                if health.is_standby() {
+                    info!(slot = %config.source.slot, "took over the replication slot");
+                    health.set_standby(false);
+                }
+                let outcome = source
                     .run(
                         events.clone(),
                         shutdown.clone(),
                         halt.clone(),
                         drain_timeout,
                     )
-                    .await
+                    .await;
+                // What this relay acknowledged is what the slot may not pass without it.
+                settings.believed_flush = Some(checkpoint.flushed());
+                outcome
+            }
+            Err(e) if e.is_slot_in_use() && !shutdown.is_cancelled() => {
+                // The slot is the lock: another replica streams, this one stands by. Its
+                // progress from here on is legitimately ahead of ours.
+                if !health.is_standby() {
+                    info!(slot = %config.source.slot, error = %e, "slot is held by another relay; standing by to take over");
+                    health.set_standby(true);
+                }
+                settings.believed_flush = None;
+                tokio::select! {
+                    _ = sleep(standby_poll.next_delay()) => continue,
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = halt.cancelled() => return Ok(()),
+                }
             }
             Err(e) => Err(e),
         };

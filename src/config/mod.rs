@@ -35,6 +35,8 @@ pub const DEFAULT_MAX_BATCH_EVENTS: usize = 1_024;
 pub const DEFAULT_CHANNEL_CAPACITY_BATCHES: usize = 16;
 /// Default for `source.connect_timeout_ms`.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Default for `source.wal_receiver_timeout_ms`: PostgreSQL's own `wal_receiver_timeout`.
+pub const DEFAULT_WAL_RECEIVER_TIMEOUT_MS: u64 = 60_000;
 /// Default for `source.shutdown_timeout_ms`.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// Default for `kafka.unknown_topic_wait_ms`.
@@ -155,6 +157,11 @@ pub struct SourceConfig {
     /// On SIGTERM, how long to wait for in-flight deliveries before exiting.
     #[serde(default = "default_shutdown_timeout_ms")]
     pub shutdown_timeout_ms: u64,
+    /// With nothing from the server for this long, the replication connection is presumed
+    /// dead and reopened (a reply is requested at half of it). Also bounds the connection
+    /// handshake, so a stalled network cannot hang the relay.
+    #[serde(default = "default_wal_receiver_timeout_ms")]
+    pub wal_receiver_timeout_ms: u64,
 }
 
 /// `[kafka]`: where events go and how the producer behaves.
@@ -199,6 +206,9 @@ fn default_connect_timeout_ms() -> u64 {
 }
 fn default_shutdown_timeout_ms() -> u64 {
     DEFAULT_SHUTDOWN_TIMEOUT_MS
+}
+fn default_wal_receiver_timeout_ms() -> u64 {
+    DEFAULT_WAL_RECEIVER_TIMEOUT_MS
 }
 fn default_unknown_topic_wait_ms() -> u64 {
     DEFAULT_UNKNOWN_TOPIC_WAIT_MS
@@ -407,6 +417,12 @@ impl Config {
         }
         if source.connect_timeout_ms == 0 {
             return Err(("source.connect_timeout_ms", "must be greater than 0".into()));
+        }
+        if source.wal_receiver_timeout_ms < 2 * source.status_interval_ms.max(500) {
+            return Err((
+                "source.wal_receiver_timeout_ms",
+                "must be at least twice source.status_interval_ms and at least 1000".into(),
+            ));
         }
         if self.outbox.topic.is_empty() {
             return Err(("outbox.topic", "must not be empty".into()));

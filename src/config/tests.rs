@@ -34,6 +34,10 @@ fn minimal_config_gets_the_documented_defaults() {
     assert!(config.source.create_slot);
     assert!(config.source.create_publication);
     assert_eq!(config.source.status_interval_ms, DEFAULT_STATUS_INTERVAL_MS);
+    assert_eq!(
+        config.source.wal_receiver_timeout_ms,
+        DEFAULT_WAL_RECEIVER_TIMEOUT_MS
+    );
     assert_eq!(config.source.max_batch_events, DEFAULT_MAX_BATCH_EVENTS);
     assert_eq!(config.outbox.id_column.as_str(), "id");
     assert_eq!(config.outbox.key_column.as_str(), "aggregateid");
@@ -115,6 +119,11 @@ fn constraints_name_key_and_limit() {
     let line = error_line(&MINIMAL.replace("tables = [\"public.outbox\"]", "tables = []"));
     assert!(
         line.starts_with("relay.toml: source.tables: must list at least one"),
+        "{line}"
+    );
+    let line = error_line(&format!("{MINIMAL}wal_receiver_timeout_ms = 1500\n"));
+    assert!(
+        line.starts_with("relay.toml: source.wal_receiver_timeout_ms: must be at least twice"),
         "{line}"
     );
     let line = error_line(&format!("{MINIMAL}status_interval_ms = 0\n"));

@@ -53,6 +53,10 @@ pub enum ReplicationError {
     Unsupported(String),
     #[error("replication protocol violation: {0}")]
     Protocol(String),
+    #[error("{0}")]
+    SlotUnusable(String),
+    #[error("no message from PostgreSQL for {0:?} (wal_receiver_timeout); the connection is presumed dead")]
+    ReceiveTimeout(std::time::Duration),
     #[error("cannot decode pgoutput message at {lsn}: {source}")]
     Decode {
         lsn: super::lsn::Lsn,
@@ -69,14 +73,22 @@ impl ReplicationError {
             ReplicationError::Connect { .. }
             | ReplicationError::ConnectTimeout { .. }
             | ReplicationError::Io(_)
-            | ReplicationError::Closed => true,
+            | ReplicationError::Closed
+            | ReplicationError::ReceiveTimeout(_) => true,
             ReplicationError::Server(e) => !is_permanent_sqlstate(&e.code),
             ReplicationError::Auth(_)
             | ReplicationError::Tls { .. }
             | ReplicationError::Unsupported(_)
+            | ReplicationError::SlotUnusable(_)
             | ReplicationError::Protocol(_)
             | ReplicationError::Decode { .. } => false,
         }
+    }
+
+    /// Whether the slot is streaming to another process (`55006`, object in use): another
+    /// relay replica is active, and this one stands by.
+    pub fn is_slot_in_use(&self) -> bool {
+        self.sqlstate() == Some("55006")
     }
 
     /// The SQLSTATE when the server reported the error.
@@ -130,6 +142,10 @@ mod tests {
         assert!(!server("42704").is_retryable(), "missing slot");
         assert!(!server("28P01").is_retryable(), "bad password");
         assert!(ReplicationError::Closed.is_retryable());
+        assert!(server("55006").is_slot_in_use());
+        assert!(!server("57P01").is_slot_in_use());
+        assert!(ReplicationError::ReceiveTimeout(std::time::Duration::from_secs(1)).is_retryable());
+        assert!(!ReplicationError::SlotUnusable("lost".into()).is_retryable());
         assert!(!ReplicationError::Protocol("x".into()).is_retryable());
     }
 }

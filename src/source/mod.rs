@@ -8,6 +8,7 @@
 //! so a slow broker never trips the server's `wal_sender_timeout`.
 
 pub mod events;
+pub mod slot;
 pub mod status;
 
 use std::sync::Arc;
@@ -44,6 +45,13 @@ pub struct SourceSettings {
     pub publication: String,
     pub status_interval: Duration,
     pub max_batch_events: usize,
+    /// With nothing from the server for this long the connection is presumed dead; at
+    /// half of it the relay asks the server for a reply.
+    pub receive_timeout: Duration,
+    /// The last position this relay acknowledged on an earlier connection, while no other
+    /// relay held the slot since: a slot found ahead of it was advanced by something else
+    /// (see [`slot`]). `None` on the first connection and after a standby wait.
+    pub believed_flush: Option<Lsn>,
 }
 
 impl SourceSettings {
@@ -55,6 +63,8 @@ impl SourceSettings {
             publication: config.source.publication.as_str().to_owned(),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
             max_batch_events: config.source.max_batch_events,
+            receive_timeout: Duration::from_millis(config.source.wal_receiver_timeout_ms),
+            believed_flush: None,
         }
     }
 }
@@ -74,6 +84,10 @@ pub struct Source {
     /// Registered events dropped unsent at shutdown (they will be resent after restart).
     abandoned_events: u64,
     status: StatusSchedule,
+    /// When the server was last heard from (or last listened to, after backpressure).
+    last_heard: Instant,
+    /// Whether a reply was already requested since `last_heard`.
+    pinged: bool,
 }
 
 struct OpenTransaction {
@@ -98,7 +112,8 @@ impl Source {
     ) -> Result<Source, ReplicationError> {
         let mut connection = ReplicationConnection::connect_tls(pg, &settings.tls).await?;
         let identity = connection.identify_system().await?;
-        let confirmed = slot_confirmed_lsn(&mut connection, &settings.slot).await?;
+        let confirmed =
+            slot_confirmed_lsn(&mut connection, &settings.slot, settings.believed_flush).await?;
         let start = confirmed.max(checkpoint.flushed());
         info!(
             slot = %settings.slot,
@@ -122,6 +137,8 @@ impl Source {
             batch: Vec::new(),
             received: start,
             abandoned_events: 0,
+            last_heard: Instant::now(),
+            pinged: false,
         })
     }
 
@@ -140,6 +157,7 @@ impl Source {
         drain_timeout: Duration,
     ) -> Result<(), ReplicationError> {
         loop {
+            let silence = self.silence_deadline();
             // Timers first: a busy stream must not starve the heartbeat.
             tokio::select! {
                 biased;
@@ -150,6 +168,7 @@ impl Source {
                     self.status.progressed(self.checkpoint.flushed(), Instant::now());
                 }
                 message = self.stream.next() => {
+                    self.heard();
                     self.handle(message?).await?;
                     while self.batch.len() < self.settings.max_batch_events {
                         match self.stream.try_next() {
@@ -160,9 +179,39 @@ impl Source {
                     if !self.hand_over(&events, &shutdown).await? {
                         return self.finish(drain_timeout).await;
                     }
+                    // The socket was not read while the channel was full: silence from
+                    // the server during that time says nothing about the connection.
+                    self.heard();
                 }
+                _ = sleep_until(silence) => self.on_silence().await?,
             }
         }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = Instant::now();
+        self.pinged = false;
+    }
+
+    /// Half the receive timeout after the last message (time to ask for a reply), or the
+    /// whole of it once asked (time to give up).
+    fn silence_deadline(&self) -> Instant {
+        let timeout = self.settings.receive_timeout;
+        self.last_heard + if self.pinged { timeout } else { timeout / 2 }
+    }
+
+    /// The server has been silent: ask it for a reply first, as PostgreSQL's own
+    /// walreceiver does (an idle walsender may legitimately say nothing), then give up on
+    /// a connection that answers nothing, e.g. one cut somewhere without a reset.
+    async fn on_silence(&mut self) -> Result<(), ReplicationError> {
+        if self.pinged {
+            return Err(ReplicationError::ReceiveTimeout(
+                self.settings.receive_timeout,
+            ));
+        }
+        debug!("server silent; requesting a reply");
+        self.pinged = true;
+        self.send_status(true).await
     }
 
     /// Waits for in-flight events (bounded), reports the final position and disconnects.
@@ -395,36 +444,26 @@ fn protocol(what: &str) -> ReplicationError {
     ReplicationError::Protocol(what.to_owned())
 }
 
-/// The slot's `confirmed_flush_lsn`, checking it is a pgoutput slot of this database.
+/// The slot's `confirmed_flush_lsn`, once [`slot::check`] finds the slot safe to stream.
 async fn slot_confirmed_lsn(
     connection: &mut ReplicationConnection,
     slot: &str,
+    believed: Option<Lsn>,
 ) -> Result<Lsn, ReplicationError> {
     let rows = connection
-        .simple_query(&format!(
-            "SELECT plugin, database = current_database(), confirmed_flush_lsn \
-             FROM pg_replication_slots WHERE slot_name = {}",
-            quote_literal(slot)
-        ))
+        .simple_query(&slot::slot_row_sql(&quote_literal(slot)))
         .await?;
-    let row = rows.into_iter().next().ok_or_else(|| {
-        ReplicationError::Unsupported(format!(
-            "replication slot {slot:?} does not exist (dropped, or never created); the relay does not recreate it silently because events after its last position could be lost: check source.slot, then restart the relay (it creates a missing slot at start when source.create_slot = true) and reconcile what was written meanwhile"
-        ))
-    })?;
-    match (row[0].as_deref(), row[1].as_deref(), row[2].as_deref()) {
-        (Some("pgoutput"), Some("t"), Some(lsn)) => lsn
-            .parse()
-            .map_err(|_| protocol("bad confirmed_flush_lsn")),
-        (Some("pgoutput"), Some("t"), None) => Err(ReplicationError::Unsupported(format!(
-            "replication slot {slot:?} has no confirmed position (it was never consistent); drop and recreate it"
-        ))),
-        (Some("pgoutput"), _, _) => Err(ReplicationError::Unsupported(format!(
-            "replication slot {slot:?} belongs to another database; use a slot created in the database of source.url"
-        ))),
-        (plugin, _, _) => Err(ReplicationError::Unsupported(format!(
-            "replication slot {slot:?} uses output plugin {:?}, not pgoutput; drop it or choose another source.slot",
-            plugin.unwrap_or("none")
-        ))),
-    }
+    let row = match rows.into_iter().next() {
+        None => None,
+        Some(row) => Some(slot::SlotRow {
+            plugin: row[0].clone(),
+            in_this_database: row[1].as_deref() == Some("t"),
+            confirmed_flush: row[2]
+                .as_deref()
+                .map(|lsn| lsn.parse().map_err(|_| protocol("bad confirmed_flush_lsn")))
+                .transpose()?,
+            wal_status: row[3].clone(),
+        }),
+    };
+    slot::check(slot, row, believed)
 }
