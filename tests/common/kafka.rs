@@ -96,9 +96,22 @@ impl Broker {
 
     /// Starts a new broker on a free loopback port. Blocking; needs no tokio runtime.
     pub fn start() -> Broker {
+        Broker::start_with(None)
+    }
+
+    /// Starts a broker behind `proxy`: it tells clients to reach it at the proxy's port,
+    /// so every connection after the bootstrap goes through the proxy too.
+    pub fn start_behind(proxy: &super::proxy::FaultProxy) -> Broker {
+        Broker::start_with(Some(proxy))
+    }
+
+    fn start_with(proxy: Option<&super::proxy::FaultProxy>) -> Broker {
         let bin = tansu_bin();
         for _ in 0..5 {
-            let broker = Broker::spawn(&bin);
+            let broker = Broker::spawn(&bin, proxy.map(|p| p.port()));
+            if let Some(proxy) = proxy {
+                proxy.retarget(broker.bootstrap());
+            }
             if broker.wait_ready() {
                 return broker;
             }
@@ -203,21 +216,22 @@ impl Broker {
             .await
     }
 
-    fn spawn(bin: &std::path::Path) -> Broker {
+    fn spawn(bin: &std::path::Path, advertised_port: Option<u16>) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{}", advertised_port.unwrap_or(port));
         let cluster_id = format!("outbox-test-{}", uuid::Uuid::new_v4().simple());
         let log_filter = std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into());
         let script = r#"dir=$1 url=$3; "$2" broker --listener-url "$url" \
-            --advertised-listener-url "$url" --storage-engine memory://tansu/ --cluster-id "$4" \
+            --advertised-listener-url "$5" --storage-engine memory://tansu/ --cluster-id "$4" \
             >"$dir/tansu.log" 2>&1 & echo $!
             cat >/dev/null; kill -9 $! 2>/dev/null; wait; rm -rf "$dir""#;
         let mut watchdog = Command::new("sh")
             .args(["-c", script, "tansu-watchdog"])
             .arg(dir.path())
             .arg(bin)
-            .args([&url, &cluster_id])
+            .args([&url, &cluster_id, &advertised])
             .env("RUST_LOG", log_filter)
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())

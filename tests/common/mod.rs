@@ -2,8 +2,10 @@
 //! the relay's source against it.
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod kafka;
 pub mod pg;
+pub mod proxy;
 pub mod relay;
 pub mod workload;
 

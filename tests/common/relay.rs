@@ -86,12 +86,17 @@ impl RelayProcess {
 
     /// `GET path` on the admin endpoint: status code and body (HTTP/1.0, no client crate).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        self.try_admin_get(path)
+            .unwrap_or_else(|e| panic!("admin endpoint: {e}\n{}", self.log()))
+    }
+
+    /// [`RelayProcess::admin_get`], or the error while the endpoint is not up (yet).
+    pub fn try_admin_get(&self, path: &str) -> std::io::Result<(u16, String)> {
         use std::io::{Read, Write};
-        let mut stream =
-            std::net::TcpStream::connect(self.admin_address()).expect("admin endpoint");
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
+        let mut stream = std::net::TcpStream::connect(self.admin_address())?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n")?;
         let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
+        stream.read_to_string(&mut response)?;
         let status = response
             .split_whitespace()
             .nth(1)
@@ -101,7 +106,7 @@ impl RelayProcess {
             .split_once("\r\n\r\n")
             .map_or("", |(_, b)| b)
             .to_owned();
-        (status, body)
+        Ok((status, body))
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,169 @@
+//! What every fault scenario shares: a paced outbox stream, the tally of what arrived,
+//! recovery timing, and the one-line report `scripts/chaos.sh` collects.
+//!
+//! A scenario writes `{"seq": n}` rows for `n` in `0..written` while it injects faults,
+//! then waits until the slot has passed every row (so every delivery, duplicates
+//! included, has happened) and reads the topic back: lost is the seqs that never arrived,
+//! duplicates the records beyond one per seq.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use super::kafka::Broker;
+use super::relay::RelayProcess;
+use super::workload::{seq_of, write_seq};
+use super::{confirmed_flush, insert_lsn, wait_for};
+
+/// Short runs by default (CI); the full suite with `CHAOS_FULL=1` (`scripts/chaos.sh`).
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    pub full: bool,
+}
+
+impl Scale {
+    pub fn from_env() -> Scale {
+        Scale {
+            full: std::env::var("CHAOS_FULL").is_ok_and(|v| v == "1"),
+        }
+    }
+
+    /// `short` in CI, `full` in the full suite.
+    pub fn pick<T>(self, short: T, full: T) -> T {
+        if self.full {
+            full
+        } else {
+            short
+        }
+    }
+}
+
+/// Figures of one scenario.
+#[derive(Debug, Default)]
+pub struct Figures {
+    pub written: usize,
+    pub delivered: usize,
+    pub lost: usize,
+    pub duplicates: usize,
+    pub faults: usize,
+    pub recovery_max: Duration,
+    pub peak_rss_kib: u64,
+    /// Anything else worth a figure, e.g. the slowest takeover.
+    pub extra: String,
+}
+
+impl Figures {
+    pub fn recovered(&mut self, took: Duration) {
+        self.recovery_max = self.recovery_max.max(took);
+    }
+
+    pub fn sample_rss(&mut self, relay: &RelayProcess) {
+        self.peak_rss_kib = self.peak_rss_kib.max(relay.peak_rss_kib());
+    }
+
+    /// Prints the scenario's line and asserts the invariants every scenario shares.
+    pub fn report(&self, scenario: &str) {
+        println!(
+            "chaos: {scenario:<26} written {:>7}  delivered {:>7}  lost {}  duplicates {:>6}  faults {:>2}  recovery max {:>5.1} s  relay rss max {:>3} MiB{}",
+            self.written,
+            self.delivered,
+            self.lost,
+            self.duplicates,
+            self.faults,
+            self.recovery_max.as_secs_f64(),
+            self.peak_rss_kib / 1024,
+            if self.extra.is_empty() { String::new() } else { format!("  {}", self.extra) }
+        );
+        assert_eq!(self.lost, 0, "{scenario}: events lost");
+        assert!(
+            self.peak_rss_kib < 128 * 1024,
+            "{scenario}: relay RSS {} KiB is over 128 MiB",
+            self.peak_rss_kib
+        );
+    }
+}
+
+/// Writes seqs `0..total` from its own connection at about `per_second` rows/s, in
+/// transactions of 100, so faults land in the middle of a stream rather than after it.
+pub fn paced_writer(client: tokio_postgres::Client, total: i64, per_second: u64) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        const CHUNK: i64 = 500;
+        let pause = Duration::from_secs_f64(CHUNK as f64 / per_second.max(1) as f64);
+        let mut next = tokio::time::Instant::now();
+        for from in (0..total).step_by(CHUNK as usize) {
+            write_seq(&client, from, (from + CHUNK).min(total)).await;
+            // Pacing sets the workload's rate; it synchronises nothing.
+            next += pause;
+            tokio::time::sleep_until(next).await;
+        }
+    })
+}
+
+/// Waits until the slot has passed everything committed so far, and returns how long it
+/// has been since `fault_end`: the time to recover from the fault and catch up.
+pub async fn recovery(admin: &tokio_postgres::Client, slot: &str, fault_end: Instant) -> Duration {
+    let target = insert_lsn(admin).await;
+    wait_for(
+        "the relay to catch up after a fault",
+        Duration::from_secs(180),
+        || async { (confirmed_flush(admin, slot).await >= target).then_some(()) },
+    )
+    .await;
+    fault_end.elapsed()
+}
+
+/// Once the slot passed every row, reads `topic` until all of `0..written` arrived (or
+/// nothing new came for a while) and fills in delivered, lost and duplicates.
+pub async fn tally(
+    figures: &mut Figures,
+    broker: &Broker,
+    admin: &tokio_postgres::Client,
+    slot: &str,
+    topic: &str,
+    written: i64,
+) {
+    let end = insert_lsn(admin).await;
+    wait_for(
+        "the slot to pass every row",
+        Duration::from_secs(300),
+        || async { (confirmed_flush(admin, slot).await >= end).then_some(()) },
+    )
+    .await;
+    let mut seen = HashSet::new();
+    let mut checked = 0;
+    let give_up = Instant::now() + Duration::from_secs(120);
+    let records = broker
+        .consume_until(&[topic], Duration::from_secs(180), |records| {
+            seen.extend(records[checked..].iter().map(seq_of));
+            checked = records.len();
+            // The consumer reports its status every few idle seconds, so this is
+            // re-evaluated even when nothing arrives: a loss ends the wait, not a panic.
+            seen.len() as i64 >= written || Instant::now() > give_up
+        })
+        .await;
+    figures.written = written as usize;
+    figures.delivered = seen.len();
+    figures.lost = (0..written).filter(|n| !seen.contains(n)).count();
+    figures.duplicates = records.len() - seen.len();
+}
+
+/// `config` with `key = value` lines added under `[source]`.
+pub fn with_source_settings(config: &Path, lines: &str) -> PathBuf {
+    let text = std::fs::read_to_string(config).expect("relay config");
+    let text = text.replacen("[source]\n", &format!("[source]\n{lines}\n"), 1);
+    std::fs::write(config, text).expect("relay config");
+    config.to_owned()
+}
+
+/// Waits until `relay` answers `/readyz` with 200.
+pub async fn wait_ready(relay: &RelayProcess, timeout: Duration) {
+    wait_for("the relay to be ready", timeout, || {
+        let ready = relay
+            .try_admin_get("/readyz")
+            .is_ok_and(|(status, _)| status == 200);
+        async move { ready.then_some(()) }
+    })
+    .await;
+}
