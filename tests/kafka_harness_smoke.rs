@@ -8,6 +8,10 @@
 
 #[path = "common/kafka.rs"]
 mod kafka;
+// `kafka` can start a broker behind the proxy; this binary does not use that.
+#[allow(dead_code)]
+#[path = "common/proxy.rs"]
+mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
