@@ -9,7 +9,8 @@
 //! - [`config`]: the TOML file: shape, defaults, `${ENV}` interpolation, validation.
 //! - [`ident`]: validation and quoting of every name that reaches SQL.
 //! - [`replication`]: the walsender wire protocol, pgoutput decoding, LSNs, relation cache.
-//! - [`source`]: the task that streams from the slot and hands batches downstream.
+//! - [`source`]: the task that streams from the slot and hands batches downstream;
+//!   [`source::slot`] refuses a slot that is not safe to stream from.
 //! - [`checkpoint`]: what may be acknowledged (the flush LSN) — the acknowledgement rule.
 //! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
@@ -21,7 +22,8 @@
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
 //! - [`policy`]: the one map from failure to retry, dead-letter or stop.
 //! - [`metrics`]: metric names and descriptions.
-//! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], graceful stop.
+//! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], standby while another
+//!   replica holds the slot, graceful stop.
 
 pub mod admin;
 pub mod admin_sql;

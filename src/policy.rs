@@ -13,8 +13,10 @@
 //! | Kafka: message too large, topic authorization failed, invalid topic, unknown topic (after `kafka.unknown_topic_wait_ms` with creation off) | dead-letter |
 //! | Kafka: broker down, leader not available, request timed out, queue full, network | retry (librdkafka retries in place; the relay waits) |
 //! | Kafka: authentication failed, invalid configuration, other permanent codes | stop |
-//! | PostgreSQL: connection lost, server restarting, slot in use | retry (reconnect) |
+//! | PostgreSQL: connection lost, server restarting, silent past `wal_receiver_timeout_ms` | retry (reconnect) |
+//! | PostgreSQL: slot in use by another replica | stand by, retry every second |
 //! | PostgreSQL: slot or publication dropped, permission revoked, bad credentials | stop; nothing is recreated silently |
+//! | PostgreSQL: slot invalidated, of another plugin, or advanced by something else | stop (see [`crate::source::slot`]) |
 
 use rdkafka::error::RDKafkaErrorCode;
 

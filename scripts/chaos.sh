@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The full fault suite (CI runs a short version of it with the other tests): SIGKILLs,
+# failover between two replicas, PostgreSQL and broker connection cuts and stalls, a
+# frozen broker, PostgreSQL restarts, and unsafe slots. Prints one line per scenario.
+#
+#   scripts/chaos.sh           # full sizes: 20 kills in 200,000 events, 5 failovers, ...
+#   scripts/chaos.sh --short   # the CI sizes
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib/install.sh
+
+install_test_dependencies
+export CHAOS_FULL=1
+[[ "${1:-}" == "--short" ]] && export CHAOS_FULL=0
+
+LOG=$(mktemp -t outbox-relay-chaos.XXXXXX)
+echo "== fault suite (CHAOS_FULL=$CHAOS_FULL); full output: $LOG"
+status=0
+# Release build: the figures are meant to be read as production-like. The scenarios run
+# one at a time so their faults and figures do not disturb each other.
+cargo test --release --locked --test chaos --test slot_safety -- --nocapture --test-threads=1 \
+  >"$LOG" 2>&1 || status=$?
+echo
+grep -E '^chaos:' "$LOG" | sed 's/^chaos: //' || true
+grep -E '^test .*(ok|FAILED)$' "$LOG" | sed 's/^/  /'
+if ((status != 0)); then
+  echo "== the fault suite FAILED (exit $status); see $LOG" >&2
+  exit "$status"
+fi
+echo "== every scenario passed: lost 0 everywhere"
