@@ -133,14 +133,21 @@ pub async fn tally(
     .await;
     let mut seen = HashSet::new();
     let mut checked = 0;
+    let mut last_new = Instant::now();
     let give_up = Instant::now() + Duration::from_secs(120);
     let records = broker
         .consume_until(&[topic], Duration::from_secs(180), |records| {
+            if records.len() > checked {
+                last_new = Instant::now();
+            }
             seen.extend(records[checked..].iter().map(seq_of));
             checked = records.len();
-            // The consumer reports its status every few idle seconds, so this is
-            // re-evaluated even when nothing arrives: a loss ends the wait, not a panic.
-            seen.len() as i64 >= written || Instant::now() > give_up
+            // Every seq arrived and then nothing new for a while: the duplicates, which sit
+            // at later offsets, have been read too. The consumer reports its status every
+            // few idle seconds, so this is re-evaluated even when nothing arrives, and a
+            // loss ends the wait at `give_up` with figures rather than a panic.
+            let settled = last_new.elapsed() > Duration::from_millis(2_500);
+            (seen.len() as i64 >= written && settled) || Instant::now() > give_up
         })
         .await;
     figures.written = written as usize;
