@@ -23,6 +23,8 @@ cargo test --release --locked --test chaos --test slot_safety -- --nocapture --t
 echo
 grep -E '^chaos:' "$LOG" | sed 's/^chaos: //' || true
 grep -E '^test .*(ok|FAILED)$' "$LOG" | sed 's/^/  /'
+grep -oE 'relay rss max +[0-9]+ MiB' "$LOG" | grep -oE '[0-9]+' | sort -n | tail -1 \
+  | sed 's/^/== relay RSS, maximum over every scenario: /; s/$/ MiB (limit 128 MiB)/' || true
 if ((status != 0)); then
   echo "== the fault suite FAILED (exit $status); see $LOG" >&2
   exit "$status"
