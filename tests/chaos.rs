@@ -217,6 +217,12 @@ async fn postgres_connection_cuts_and_a_stall_past_wal_sender_timeout_lose_nothi
         figures.faults += 1;
         figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
     }
+    // A slow network: 50 ms each way on every chunk, while the stream goes on.
+    proxy.set_latency(Duration::from_millis(50));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set_latency(Duration::ZERO);
+    figures.faults += 1;
+    figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
     // A stall longer than the server's wal_sender_timeout (5 s): both sides must give up on
     // the silent connection and the relay must come back once the network does.
     proxy.stall();
@@ -241,7 +247,7 @@ async fn postgres_connection_cuts_and_a_stall_past_wal_sender_timeout_lose_nothi
         "the stall was noticed:\n{}",
         relay.log()
     );
-    figures.report("postgres cuts + stall");
+    figures.report("postgres cuts + latency + stall");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -375,6 +381,17 @@ async fn the_proxy_cuts_stalls_and_blocks() {
     proxy.resume();
     client.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"late", "held bytes pass after resume");
+
+    proxy.set_latency(Duration::from_millis(100));
+    let sent = Instant::now();
+    client.write_all(b"slow").await.unwrap();
+    client.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"slow");
+    assert!(
+        sent.elapsed() >= Duration::from_millis(200),
+        "latency applies each way"
+    );
+    proxy.set_latency(Duration::ZERO);
 
     proxy.cut();
     let after_cut = client.read(&mut buf).await;

@@ -66,7 +66,7 @@ impl Figures {
     /// Prints the scenario's line and asserts the invariants every scenario shares.
     pub fn report(&self, scenario: &str) {
         println!(
-            "chaos: {scenario:<26} written {:>7}  delivered {:>7}  lost {}  duplicates {:>6}  faults {:>2}  recovery max {:>5.1} s  relay rss max {:>3} MiB{}",
+            "chaos: {scenario:<32} written {:>7}  delivered {:>7}  lost {}  duplicates {:>6}  faults {:>2}  recovery max {:>5.1} s  relay rss max {:>3} MiB{}",
             self.written,
             self.delivered,
             self.lost,
