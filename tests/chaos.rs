@@ -59,6 +59,29 @@ impl Stage {
     fn start(&self, config: &std::path::Path) -> RelayProcess {
         RelayProcess::start(config, self.dir.path())
     }
+
+    /// Counts a fault that just ended and waits until the relay has recovered from it.
+    async fn fault_ended(&self, figures: &mut Figures) {
+        self.fault_ended_at(figures, Instant::now()).await;
+    }
+
+    /// [`Stage::fault_ended`] for a fault that ended at `ended`.
+    async fn fault_ended_at(&self, figures: &mut Figures, ended: Instant) {
+        figures.faults += 1;
+        figures.recovered(recovery(&self.admin, &self.slot, ended).await);
+    }
+
+    async fn tally(&self, figures: &mut Figures, broker: &Broker, written: i64) {
+        tally(
+            figures,
+            broker,
+            &self.admin,
+            &self.slot,
+            &self.topic,
+            written,
+        )
+        .await;
+    }
 }
 
 fn pg_address(cluster: &PgCluster) -> String {
@@ -93,19 +116,10 @@ async fn sigkill_at_random_moments_loses_nothing() {
         figures.sample_rss(&relay);
         relay.kill9();
         relay = stage.start(&config);
-        figures.faults += 1;
-        figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+        stage.fault_ended(&mut figures).await;
     }
     writer.await.unwrap();
-    tally(
-        &mut figures,
-        broker,
-        &stage.admin,
-        &stage.slot,
-        &stage.topic,
-        total,
-    )
-    .await;
+    stage.tally(&mut figures, broker, total).await;
     figures.sample_rss(&relay);
     figures.report("sigkill");
 }
@@ -148,23 +162,14 @@ async fn failover_to_a_standby_replica_loses_nothing() {
             takeover < Duration::from_secs(10),
             "takeover took {takeover:?}"
         );
-        figures.faults += 1;
         // The killed replica comes back as the new standby.
         active = std::mem::replace(&mut standby, stage.start(&configs[1 - standby_config]));
         standby_config = 1 - standby_config;
         wait_standby(&standby).await;
-        figures.recovered(recovery(&stage.admin, &stage.slot, killed_at).await);
+        stage.fault_ended_at(&mut figures, killed_at).await;
     }
     writer.await.unwrap();
-    tally(
-        &mut figures,
-        broker,
-        &stage.admin,
-        &stage.slot,
-        &stage.topic,
-        total,
-    )
-    .await;
+    stage.tally(&mut figures, broker, total).await;
     figures.sample_rss(&active);
     figures.sample_rss(&standby);
     figures.extra = format!("takeover max {:.1} s", slowest_takeover.as_secs_f64());
@@ -214,32 +219,21 @@ async fn postgres_connection_cuts_and_a_stall_past_wal_sender_timeout_lose_nothi
     for _ in 0..cuts {
         tokio::time::sleep(Duration::from_millis(rng.between(200, 2_000))).await;
         proxy.cut();
-        figures.faults += 1;
-        figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+        stage.fault_ended(&mut figures).await;
     }
     // A slow network: 50 ms each way on every chunk, while the stream goes on.
     proxy.set_latency(Duration::from_millis(50));
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.set_latency(Duration::ZERO);
-    figures.faults += 1;
-    figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+    stage.fault_ended(&mut figures).await;
     // A stall longer than the server's wal_sender_timeout (5 s): both sides must give up on
     // the silent connection and the relay must come back once the network does.
     proxy.stall();
     tokio::time::sleep(Duration::from_secs(8)).await;
     proxy.resume();
-    figures.faults += 1;
-    figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+    stage.fault_ended(&mut figures).await;
     writer.await.unwrap();
-    tally(
-        &mut figures,
-        broker,
-        &stage.admin,
-        &stage.slot,
-        &stage.topic,
-        total,
-    )
-    .await;
+    stage.tally(&mut figures, broker, total).await;
     figures.sample_rss(&relay);
     assert!(relay.is_running(), "rode out every fault:\n{}", relay.log());
     assert!(
@@ -274,24 +268,14 @@ async fn broker_connection_cuts_and_a_frozen_broker_lose_nothing_and_dead_letter
     for _ in 0..cuts {
         tokio::time::sleep(Duration::from_millis(rng.between(200, 2_000))).await;
         proxy.cut();
-        figures.faults += 1;
-        figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+        stage.fault_ended(&mut figures).await;
     }
     broker.freeze();
     tokio::time::sleep(Duration::from_secs(freeze)).await;
     broker.thaw();
-    figures.faults += 1;
-    figures.recovered(recovery(&stage.admin, &stage.slot, Instant::now()).await);
+    stage.fault_ended(&mut figures).await;
     writer.await.unwrap();
-    tally(
-        &mut figures,
-        &broker,
-        &stage.admin,
-        &stage.slot,
-        &stage.topic,
-        total,
-    )
-    .await;
+    stage.tally(&mut figures, &broker, total).await;
     figures.sample_rss(&relay);
     assert!(relay.is_running(), "rode out every fault:\n{}", relay.log());
     let (_, metrics) = relay.admin_get("/metrics");
@@ -312,7 +296,7 @@ async fn postgres_fast_and_immediate_restarts_lose_nothing() {
     // Its own cluster: restarting the shared one would break the other scenarios.
     let cluster = PgCluster::start(PgOptions::default());
     let broker = Broker::shared();
-    let stage = Stage::new(&cluster, "restart").await;
+    let mut stage = Stage::new(&cluster, "restart").await;
     let config = stage.config("relay.toml", &pg_address(&cluster), &broker.bootstrap());
     let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
@@ -320,27 +304,16 @@ async fn postgres_fast_and_immediate_restarts_lose_nothing() {
     let mut figures = Figures::default();
     let per_phase = 5_000;
     write_seq(&stage.admin, 0, per_phase).await;
-    let mut admin = stage.admin;
     for (phase, mode) in [(1, "fast"), (2, "immediate")] {
         figures.sample_rss(&relay);
         // Immediate: no shutdown checkpoint, so the restart is a crash recovery.
         cluster.restart(mode);
         let restarted = Instant::now();
-        admin = cluster.client(&stage.db).await;
-        write_seq(&admin, phase * per_phase, (phase + 1) * per_phase).await;
-        figures.faults += 1;
-        figures.recovered(recovery(&admin, &stage.slot, restarted).await);
+        stage.admin = cluster.client(&stage.db).await;
+        write_seq(&stage.admin, phase * per_phase, (phase + 1) * per_phase).await;
+        stage.fault_ended_at(&mut figures, restarted).await;
     }
-    let total = 3 * per_phase;
-    tally(
-        &mut figures,
-        broker,
-        &admin,
-        &stage.slot,
-        &stage.topic,
-        total,
-    )
-    .await;
+    stage.tally(&mut figures, broker, 3 * per_phase).await;
     figures.sample_rss(&relay);
     assert!(
         relay.is_running(),
