@@ -12,7 +12,7 @@ use common::pg::{PgCluster, PgOptions};
 use common::proxy::FaultProxy;
 use common::relay::{config_text, RelayProcess};
 use common::workload::write_seq;
-use common::{confirmed_flush, insert_lsn, wait_for, OUTBOX_DDL};
+use common::{confirmed_flush, marker, wait_for, OUTBOX_DDL};
 
 struct Stage {
     admin: tokio_postgres::Client,
@@ -111,7 +111,7 @@ async fn a_slot_advanced_behind_the_relays_back_stops_it() {
     let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
     relay.wait_streaming(&stage.admin, &stage.slot).await;
     write_seq(&stage.admin, 0, 100).await;
-    let delivered = insert_lsn(&stage.admin).await;
+    let delivered = marker(&stage.admin).await;
     wait_for(
         "the first rows to be acknowledged",
         Duration::from_secs(60),

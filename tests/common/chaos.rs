@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::kafka::Broker;
 use super::relay::RelayProcess;
 use super::workload::{seq_of, write_seq};
-use super::{confirmed_flush, insert_lsn, wait_for};
+use super::{confirmed_flush, marker, wait_for};
 
 /// Short runs by default (CI); the full suite with `CHAOS_FULL=1` (`scripts/chaos.sh`).
 #[derive(Debug, Clone, Copy)]
@@ -101,10 +101,10 @@ pub fn paced_writer(client: tokio_postgres::Client, total: i64, per_second: u64)
     })
 }
 
-/// Waits until the slot has passed everything committed so far, and returns how long it
-/// has been since `fault_end`: the time to recover from the fault and catch up.
+/// Waits until the relay has acknowledged everything committed so far (see [`marker`]),
+/// and returns how long it has been since `fault_end`: the time to recover and catch up.
 pub async fn recovery(admin: &tokio_postgres::Client, slot: &str, fault_end: Instant) -> Duration {
-    let target = insert_lsn(admin).await;
+    let target = marker(admin).await;
     wait_for(
         "the relay to catch up after a fault",
         Duration::from_secs(180),
@@ -124,7 +124,7 @@ pub async fn tally(
     topic: &str,
     written: i64,
 ) {
-    let end = insert_lsn(admin).await;
+    let end = marker(admin).await;
     wait_for(
         "the slot to pass every row",
         Duration::from_secs(300),
@@ -152,7 +152,23 @@ pub async fn tally(
         .await;
     figures.written = written as usize;
     figures.delivered = seen.len();
-    figures.lost = (0..written).filter(|n| !seen.contains(n)).count();
+    let lost: Vec<i64> = (0..written).filter(|n| !seen.contains(n)).collect();
+    figures.lost = lost.len();
+    if !lost.is_empty() {
+        let in_table: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM outbox WHERE (payload->>'seq')::bigint = ANY($1)",
+                &[&lost],
+            )
+            .await
+            .expect("look up lost rows")
+            .get(0);
+        figures.extra += &format!(
+            "  lost seqs {:?}..{:?}, {in_table} of them in the outbox table",
+            lost.first(),
+            lost.last()
+        );
+    }
     figures.duplicates = records.len() - seen.len();
 }
 

@@ -117,6 +117,33 @@ pub async fn insert_lsn(client: &tokio_postgres::Client) -> Lsn {
     row.get::<_, String>(0).parse().expect("lsn")
 }
 
+/// Commits a marker row to the outbox (aggregatetype `marker`, so its own topic) and
+/// returns a position inside its transaction: the slot passes it exactly when the marker,
+/// and so every transaction committed before it, is acknowledged.
+///
+/// Waiting for the slot to pass the insert LSN instead can take long or forever on an idle
+/// cluster: the walsender reports positions past WAL without outbox changes only when more
+/// WAL comes, and with `synchronous_commit = off` trailing records may not be flushed at all.
+pub async fn marker(client: &tokio_postgres::Client) -> Lsn {
+    let rows = client
+        .simple_query(
+            "BEGIN;
+             INSERT INTO outbox VALUES (gen_random_uuid(), 'marker', 'marker', 'Marker', '{}');
+             SELECT pg_current_wal_insert_lsn()::text;
+             COMMIT",
+        )
+        .await
+        .expect("marker transaction");
+    let lsn = rows
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .expect("marker LSN");
+    lsn.parse().expect("lsn")
+}
+
 /// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
 /// Polling an observable condition is the synchronisation; the pause only spaces the polls.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
