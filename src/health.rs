@@ -48,7 +48,7 @@ impl Health {
     pub fn readiness(&self) -> Result<(), &'static str> {
         if !self.inner.streaming.load(Ordering::Relaxed) {
             if self.is_standby() {
-                return Err("standby: the replication slot is held by another relay");
+                return Err("standby: the replication slot is in use by another connection");
             }
             return Err("not streaming from the replication slot");
         }
@@ -73,7 +73,7 @@ mod tests {
         health.set_standby(true);
         assert_eq!(
             health.readiness(),
-            Err("standby: the replication slot is held by another relay")
+            Err("standby: the replication slot is in use by another connection")
         );
         health.set_standby(false);
         health.set_streaming(true);

@@ -209,10 +209,12 @@ async fn run_source(
                 outcome
             }
             Err(e) if e.is_slot_in_use() && !shutdown.is_cancelled() => {
-                // The slot is the lock: another replica streams, this one stands by. Its
-                // progress from here on is legitimately ahead of ours.
+                // The slot is the lock: another replica streams, this one stands by. (Or
+                // the server has not yet noticed this relay's previous connection is gone:
+                // standing by until it does is right too.) Progress made meanwhile is
+                // legitimately ahead of ours.
                 if !health.is_standby() {
-                    info!(slot = %config.source.slot, error = %e, "slot is held by another relay; standing by to take over");
+                    info!(slot = %config.source.slot, error = %e, "slot is in use by another connection (another replica); standing by to take over");
                     health.set_standby(true);
                 }
                 settings.believed_flush = None;

@@ -455,15 +455,17 @@ async fn slot_confirmed_lsn(
         .await?;
     let row = match rows.into_iter().next() {
         None => None,
-        Some(row) => Some(slot::SlotRow {
-            plugin: row[0].clone(),
-            in_this_database: row[1].as_deref() == Some("t"),
-            confirmed_flush: row[2]
-                .as_deref()
-                .map(|lsn| lsn.parse().map_err(|_| protocol("bad confirmed_flush_lsn")))
-                .transpose()?,
-            wal_status: row[3].clone(),
-        }),
+        Some(row) => {
+            let column = |i: usize| row.get(i).cloned().flatten();
+            Some(slot::SlotRow {
+                plugin: column(0),
+                in_this_database: column(1).as_deref() == Some("t"),
+                confirmed_flush: column(2)
+                    .map(|lsn| lsn.parse().map_err(|_| protocol("bad confirmed_flush_lsn")))
+                    .transpose()?,
+                wal_status: column(3),
+            })
+        }
     };
     slot::check(slot, row, believed)
 }
