@@ -21,8 +21,9 @@ status=0
 cargo test --release --locked --test chaos --test slot_safety -- --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
-grep -E '^chaos:' "$LOG" | sed 's/^chaos: //' || true
-grep -E '^test .*(ok|FAILED)$' "$LOG" | sed 's/^/  /'
+# With --nocapture a scenario's line can follow "test name ... " on the same line.
+grep -oE 'chaos: .*' "$LOG" | sed 's/^chaos: //' || true
+grep -E 'test result:|panicked' "$LOG" | sed 's/^/  /' || true
 grep -oE 'relay rss max +[0-9]+ MiB' "$LOG" | grep -oE '[0-9]+' | sort -n | tail -1 \
   | sed 's/^/== relay RSS, maximum over every scenario: /; s/$/ MiB (limit 128 MiB)/' || true
 if ((status != 0)); then
