@@ -12,7 +12,7 @@ source scripts/lib/saga.sh
 
 install_debian_packages
 install_tansu
-command -v jq >/dev/null || { as_root apt-get install -y -q --no-install-recommends jq; }
+install_demo_packages
 echo "== building the relay and the three services"
 cargo build --quiet -p outbox-relay -p order-service -p product-service -p delivery-service --bins
 RELAY=target/debug/outbox-relay

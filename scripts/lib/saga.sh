@@ -2,6 +2,19 @@
 # relay from its shipped config/<service>-relay.toml. Needs services.sh (PG_PORT,
 # BROKER_PORT, WORK, free_port, services_track) and RELAY / SERVICE_BIN set.
 
+# The demo talks HTTP with curl and reads JSON with jq; installed only when missing.
+install_demo_packages() {
+  local missing=() pkg
+  for pkg in curl jq; do
+    command -v "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if ((${#missing[@]})); then
+    echo "== installing Debian packages: ${missing[*]}"
+    as_root apt-get update -q
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+}
+
 SAGA_NAMES=()
 SAGA_PIDS=()
 
