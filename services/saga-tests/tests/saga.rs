@@ -42,9 +42,18 @@ struct State {
     deliveries: BTreeSet<String>,
     /// Order ids whose reservation was given back.
     released: BTreeSet<String>,
-    /// Per database: outbox rows and inbox rows.
-    messages: BTreeMap<&'static str, (i64, i64)>,
+    /// Outbox rows, by aggregate type (= topic `outbox.event.<type>`).
+    outbox: BTreeMap<String, i64>,
+    /// Inbox rows (events applied), per service.
+    inbox: BTreeMap<&'static str, i64>,
 }
+
+/// The aggregate types (topics) each service consumes.
+const CONSUMES: [(&str, [&str; 2]); 3] = [
+    ("order", ["delivery", "product"]),
+    ("product", ["order", "product-command"]),
+    ("delivery", ["order", "product"]),
+];
 
 async fn state(env: &SagaEnv) -> State {
     let order = env.client(Kind::Order).await;
@@ -81,27 +90,30 @@ async fn state(env: &SagaEnv) -> State {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut messages = BTreeMap::new();
+    let (mut outbox, mut inbox) = (BTreeMap::new(), BTreeMap::new());
     for (kind, client) in [
         (Kind::Order, &order),
         (Kind::Product, &product),
         (Kind::Delivery, &delivery),
     ] {
-        let row = client
-            .query_one(
-                "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM inbox)",
-                &[],
-            )
+        let by_type = client
+            .query("SELECT aggregatetype, count(*) FROM outbox GROUP BY 1", &[])
             .await
             .unwrap();
-        messages.insert(kind.name(), (row.get(0), row.get(1)));
+        outbox.extend(by_type.iter().map(|r| (r.get(0), r.get(1))));
+        let row = client
+            .query_one("SELECT count(*) FROM inbox", &[])
+            .await
+            .unwrap();
+        inbox.insert(kind.name(), row.get(0));
     }
     State {
         orders,
         stock,
         deliveries,
         released,
-        messages,
+        outbox,
+        inbox,
     }
 }
 
@@ -128,11 +140,38 @@ impl State {
         expected
     }
 
-    /// Every order placed is final and the stock matches the completed orders.
+    /// Counts that tell why the saga has not settled.
+    fn summary(&self, placed: &[Placed]) -> String {
+        format!(
+            "{} orders ({} PENDING), stock {:?} (expected {:?}), published {:?}, applied {:?}",
+            self.orders.len(),
+            self.count("PENDING"),
+            self.stock,
+            self.expected_stock(placed),
+            self.outbox,
+            self.inbox
+        )
+    }
+
+    /// Every event published so far is in the inbox of each service consuming its topic,
+    /// once: no event lost, none applied twice, nothing left in flight.
+    fn quiescent(&self) -> bool {
+        CONSUMES.iter().all(|(service, topics)| {
+            let published: i64 = topics
+                .iter()
+                .map(|t| self.outbox.get(*t).copied().unwrap_or(0))
+                .sum();
+            self.inbox[service] == published
+        })
+    }
+
+    /// Every order placed is final, the stock matches the completed orders and every
+    /// event has been consumed.
     fn settled(&self, placed: &[Placed]) -> bool {
         self.orders.len() == placed.len()
             && self.count("PENDING") == 0
             && self.stock == self.expected_stock(placed)
+            && self.quiescent()
     }
 }
 
@@ -235,7 +274,11 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         .collect();
     wait_for("half the orders accepted", Duration::from_secs(60), || {
         let n = accepted.load(Ordering::Relaxed);
-        async move { (n >= KILL_AFTER).then_some(()) }
+        async move {
+            (n >= KILL_AFTER)
+                .then_some(())
+                .ok_or(format!("{n} accepted"))
+        }
     })
     .await;
     let product_db = env.client(Kind::Product).await;
@@ -251,7 +294,9 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         SETTLE,
         || async {
             let n = outbox_rows(&product_db).await - at_kill;
-            (n >= WRITTEN_WHILE_DOWN).then_some(n)
+            (n >= WRITTEN_WHILE_DOWN)
+                .then_some(n)
+                .ok_or(format!("{n} written"))
         },
     )
     .await;
@@ -259,7 +304,11 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
 
     let settled = wait_for("every saga final and the stock settled", SETTLE, || async {
         let s = state(&env).await;
-        s.settled(&placed).then_some(s)
+        if s.settled(&placed) {
+            Ok(s)
+        } else {
+            Err(s.summary(&placed))
+        }
     })
     .await;
 
@@ -274,6 +323,10 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         PRODUCTS,
         s.stock,
         started.elapsed()
+    );
+    println!(
+        "events published per topic {:?}; applied per service (inbox) {:?}",
+        s.outbox, s.inbox
     );
     assert_eq!(s.orders.len(), ORDERS);
     assert_eq!(
@@ -331,12 +384,33 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
                     .iter()
                     .all(|(partition, &next)| replay.get(partition).is_some_and(|&r| r >= next))
                     .then_some(())
+                    .ok_or(format!("{replay:?} of {original:?}"))
             },
         )
         .await;
     }
     let after = state(&env).await;
-    assert_eq!(after, settled, "a full redelivery changed state");
+    // Field by field, so a failure shows the difference rather than 300 orders.
+    assert_eq!(
+        after.inbox, settled.inbox,
+        "replayed events were applied again"
+    );
+    assert_eq!(
+        after.outbox, settled.outbox,
+        "replayed events caused new events"
+    );
+    assert_eq!(after.stock, settled.stock, "a replay changed stock");
+    assert_eq!(after.released, settled.released, "a replay released stock");
+    assert_eq!(
+        after.deliveries, settled.deliveries,
+        "a replay changed deliveries"
+    );
+    let changed = settled
+        .orders
+        .iter()
+        .filter(|(id, o)| after.orders.get(*id) != Some(o))
+        .count();
+    assert_eq!(changed, 0, "a replay changed {changed} orders");
     println!(
         "replay of every topic to fresh consumer groups changed nothing; total {:?}",
         started.elapsed()

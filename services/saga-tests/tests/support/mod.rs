@@ -201,20 +201,22 @@ impl SagaEnv {
     }
 }
 
-/// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
+/// Polls `probe` until it returns `Ok`, or panics with `what` and the last `Err` (what
+/// was seen instead) after `timeout`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
+        let seen = match probe().await {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
