@@ -37,8 +37,10 @@ pub async fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&s
          Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes()).await.expect("send head");
-    stream.write_all(body.as_bytes()).await.expect("send body");
+    stream
+        .write_all(format!("{head}{body}").as_bytes())
+        .await
+        .expect("send request");
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await.expect("read response");
     let text = String::from_utf8(raw).expect("utf-8 response");
