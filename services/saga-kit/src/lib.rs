@@ -1,0 +1,31 @@
+//! What the example saga services share, so each service's code is only its domain.
+//!
+//! The services (`order`, `product`, `delivery`) follow the transactional-outbox pattern
+//! as a real user's services would: they never produce to Kafka. A state change and the
+//! event announcing it are one local transaction ([`outbox`]); the service's own relay
+//! (outbox-relay, a sidecar) publishes the event. Consuming is the mirror image: the
+//! event's `id` header, its effect and the consumer's position are one local transaction
+//! ([`consumer`]), so an event delivered twice changes state once.
+//!
+//! Nothing here depends on the relay crate: the contract between them is the outbox
+//! table's columns and the Kafka records the relay makes of them.
+//!
+//! # Layout
+//! - [`config`]: the settings every service reads from its environment.
+//! - [`db`]: a small bounded PostgreSQL connection pool and the migrations runner.
+//! - [`outbox`]: writes an event row in the caller's transaction.
+//! - [`consumer`]: the idempotent Kafka consumer loop (inbox + offsets in the database).
+//! - [`http`]: the JSON error type every HTTP handler returns.
+//! - [`service`]: runs a service's HTTP server and consumer until shutdown.
+//! - [`telemetry`]: tracing set-up (text or JSON logs).
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod outbox;
+pub mod service;
+pub mod telemetry;
+
+/// The outbox, inbox and consumer-offset tables every service has in its own database.
+pub const MESSAGING_MIGRATION: &str = include_str!("../migrations/0001_messaging.sql");

@@ -1,0 +1,134 @@
+//! Runs one service: its HTTP API and its consumer, side by side, until shutdown.
+//!
+//! Either half ending ends the service (an HTTP server that cannot serve or a consumer
+//! that cannot consume is a broken service, better restarted by its supervisor than left
+//! half alive). SIGTERM/SIGINT stop both: the server finishes its in-flight requests, the
+//! consumer stops between transactions, so nothing is half applied.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use axum::Router;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{self, ConsumerError, ConsumerSettings, Handler};
+use crate::db::{DbError, Pool};
+
+/// Why a service stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("http server: {0}")]
+    Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Consumer(#[from] ConsumerError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// A started service: where it listens and the task that ends when it stops.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    pub task: JoinHandle<Result<(), ServiceError>>,
+}
+
+/// Binds `listen`, then serves `router` and consumes with `handler` until `shutdown`.
+pub async fn start<H: Handler>(
+    listen: SocketAddr,
+    router: Router,
+    consumer_settings: ConsumerSettings,
+    pool: Pool,
+    handler: H,
+    shutdown: CancellationToken,
+) -> Result<Running, ServiceError> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServiceError::Bind {
+            addr: listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServiceError::Bind {
+        addr: listen,
+        source,
+    })?;
+    let stop = shutdown.child_token();
+    let server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(server_stop.cancelled_owned())
+            .await
+            .map_err(ServiceError::Serve)
+    });
+    let consumer = tokio::spawn(consumer::run(
+        consumer_settings,
+        pool,
+        handler,
+        stop.clone(),
+    ));
+    // Whichever half ends first stops the other; the service ends when both have.
+    let task = tokio::spawn(async move {
+        let (server, consumer) = tokio::join!(
+            async {
+                let result = flatten(server.await);
+                stop.cancel();
+                result
+            },
+            async {
+                let result = flatten(consumer.await.map(|r| r.map_err(ServiceError::from)));
+                stop.cancel();
+                result
+            },
+        );
+        server.and(consumer)
+    });
+    tracing::info!(%addr, "listening");
+    Ok(Running { addr, task })
+}
+
+fn flatten(
+    joined: Result<Result<(), ServiceError>, tokio::task::JoinError>,
+) -> Result<(), ServiceError> {
+    joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// Cancels `shutdown` at the first SIGTERM or SIGINT.
+pub fn cancel_on_signal(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("install SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+}
+
+/// Waits for a started service and turns its outcome into the process exit code.
+pub async fn exit_code(started: Result<Running, impl std::fmt::Display>) -> ExitCode {
+    let running = match started {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match flatten(running.task.await) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "stopped");
+            ExitCode::FAILURE
+        }
+    }
+}
