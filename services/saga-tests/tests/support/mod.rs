@@ -12,6 +12,9 @@ pub mod http;
 pub mod kafka;
 #[path = "../../../../tests/common/pg.rs"]
 pub mod pg;
+// `kafka` can start a broker behind the fault proxy; the saga tests do not use that.
+#[path = "../../../../tests/common/proxy.rs"]
+pub mod proxy;
 pub mod relay;
 
 use std::net::SocketAddr;
