@@ -18,8 +18,9 @@
 //! coordination from the broker: the consumer assigns itself every partition of its
 //! topics, which is what the development broker (tansu) and the tests rely on. The cost is
 //! one consumer process per service and group (no rebalancing across replicas), which is
-//! what these example services run. The Kafka `group.id` is still set, to the same name,
-//! so the consumer is recognisable in broker tooling, but nothing is committed to Kafka.
+//! what these example services run. The offset is also committed to Kafka under the
+//! service's `group.id`, after the transaction commits, so broker tooling shows the group
+//! and its lag; the stored position is what a restart reads.
 //!
 //! # Positions
 //! The stored position decides what is applied; the broker's read position only has to
@@ -41,7 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -169,7 +170,10 @@ pub async fn run<H: Handler>(
                         continue; // Applied before (stored position); see "Positions".
                     }
                     let next = record.offset + 1;
-                    apply_with_retry(&pool, &handler, &settings.group, record, &shutdown).await?;
+                    if !apply_with_retry(&pool, &handler, &settings.group, record, &shutdown).await? {
+                        return Ok(()); // Shut down before it committed: reread at the next start.
+                    }
+                    commit_to_kafka(&consumer, &key, next);
                     let position = positions.entry(key).or_insert(next);
                     *position = (*position).max(next);
                 }
@@ -294,15 +298,27 @@ impl Record {
     }
 }
 
-/// Applies `record`, retrying transient failures with backoff until it commits or
-/// `shutdown` (then it is reread at the next start, from the stored position).
+/// Commits `next` for the partition to the Kafka group, only ever after the database
+/// transaction that stored it: for monitoring, so failures are logged and nothing more.
+fn commit_to_kafka(consumer: &StreamConsumer, (topic, partition): &(String, i32), next: i64) {
+    let mut offsets = TopicPartitionList::new();
+    let committed = offsets
+        .add_partition_offset(topic, *partition, Offset::Offset(next))
+        .and_then(|()| consumer.commit(&offsets, CommitMode::Async));
+    if let Err(e) = committed {
+        tracing::debug!(error = %e, topic, partition, "kafka offset commit failed; the stored position stands");
+    }
+}
+
+/// Applies `record`, retrying transient failures with backoff until it commits (`true`)
+/// or `shutdown` (`false`; it is reread at the next start, from the stored position).
 async fn apply_with_retry<H: Handler>(
     pool: &Pool,
     handler: &H,
     group: &str,
     record: Record,
     shutdown: &CancellationToken,
-) -> Result<(), ConsumerError> {
+) -> Result<bool, ConsumerError> {
     let mut pause = RETRY_FIRST;
     let span = match record.event() {
         Ok(e) => tracing::info_span!("event", event_type = %e.event_type,
@@ -314,14 +330,14 @@ async fn apply_with_retry<H: Handler>(
             .instrument(span.clone())
             .await
         {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e) => {
                 let _entered = span.enter();
                 tracing::warn!(error = %e, retry_in = ?pause, "event not applied; retrying");
             }
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(false),
             () = tokio::time::sleep(pause) => pause = (pause * 2).min(RETRY_MAX),
         }
     }

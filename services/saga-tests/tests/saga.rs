@@ -210,6 +210,36 @@ async fn outbox_rows(client: &tokio_postgres::Client) -> i64 {
         .get(0)
 }
 
+/// Per (topic, partition) of `like`: the offset Kafka holds for consumer group `group`.
+fn kafka_group_offsets(
+    env: &SagaEnv,
+    group: &str,
+    like: &BTreeMap<(String, i32), i64>,
+) -> BTreeMap<(String, i32), i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = env
+        .broker
+        .client_config()
+        .set("group.id", group)
+        .create()
+        .expect("offsets client");
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for (topic, partition) in like.keys() {
+        partitions.add_partition(topic, *partition);
+    }
+    let Ok(committed) = consumer.committed_offsets(partitions, Duration::from_secs(5)) else {
+        return BTreeMap::new();
+    };
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some(((e.topic().to_owned(), e.partition()), o)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Per (topic, partition): the next offset consumer group `group` stored.
 async fn positions(env: &SagaEnv, kind: Kind, group: &str) -> BTreeMap<(String, i32), i64> {
     env.client(kind)
@@ -369,6 +399,27 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         undeliverable,
         "one compensation per failed delivery"
     );
+
+    // Each service also committed its positions to its Kafka consumer group (after the
+    // database transaction), so broker tooling sees the same offsets.
+    for kind in Kind::ALL {
+        let group = format!("{}-service", kind.name());
+        let stored = positions(&env, kind, &group).await;
+        wait_for(
+            "the Kafka group offsets to match the stored positions",
+            Duration::from_secs(30),
+            || {
+                let committed = kafka_group_offsets(&env, &group, &stored);
+                let outcome = if committed == stored {
+                    Ok(())
+                } else {
+                    Err(format!("{group}: kafka {committed:?}, stored {stored:?}"))
+                };
+                async move { outcome }
+            },
+        )
+        .await;
+    }
 
     // Redelivery: every service reads every topic again from the beginning under a new
     // consumer group. Each record is seen a second time and nothing changes.
