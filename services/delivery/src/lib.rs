@@ -21,8 +21,6 @@ pub mod saga;
 use axum::routing::get;
 use axum::Router;
 use saga_kit::config::ServiceConfig;
-use saga_kit::consumer::ConsumerSettings;
-use saga_kit::db::Pool;
 use saga_kit::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
@@ -39,20 +37,11 @@ pub async fn start(
     rule: rule::DeliveryRule,
     shutdown: CancellationToken,
 ) -> Result<Running, ServiceError> {
-    let pool = Pool::connect(&config.database_url, config.db_pool_size).await?;
-    pool.migrate(&[saga_kit::MESSAGING_MIGRATION, MIGRATION])
-        .await?;
-    let settings = ConsumerSettings {
-        bootstrap_servers: config.kafka_bootstrap_servers.clone(),
-        group: config.consumer_group.clone(),
-        topics: TOPICS.map(str::to_owned).to_vec(),
-    };
-    let router = Router::new().route("/healthz", get(saga_kit::http::healthz));
-    saga_kit::service::start(
-        config.listen,
-        router,
-        settings,
-        pool,
+    saga_kit::service::launch(
+        &config,
+        MIGRATION,
+        &TOPICS,
+        |_| Router::new().route("/healthz", get(saga_kit::http::healthz)),
         saga::DeliverySaga { rule },
         shutdown,
     )

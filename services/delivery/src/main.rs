@@ -3,28 +3,12 @@
 
 use std::process::ExitCode;
 
-use saga_kit::config::ServiceConfig;
-use tokio_util::sync::CancellationToken;
+use delivery_service::rule::DeliveryRule;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    saga_kit::telemetry::init();
-    let config = match ServiceConfig::from_env(delivery_service::SERVICE) {
-        Ok(config) => config,
-        Err(e) => {
-            tracing::error!(error = %e, "bad configuration");
-            return ExitCode::FAILURE;
-        }
-    };
-    let shutdown = CancellationToken::new();
-    saga_kit::service::cancel_on_signal(shutdown.clone());
-    saga_kit::service::exit_code(
-        delivery_service::start(
-            config,
-            delivery_service::rule::DeliveryRule::from_env(),
-            shutdown,
-        )
-        .await,
-    )
+    saga_kit::service::main(delivery_service::SERVICE, |config, shutdown| {
+        delivery_service::start(config, DeliveryRule::from_env(), shutdown)
+    })
     .await
 }

@@ -14,8 +14,6 @@ pub mod api;
 pub mod saga;
 
 use saga_kit::config::ServiceConfig;
-use saga_kit::consumer::ConsumerSettings;
-use saga_kit::db::Pool;
 use saga_kit::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
@@ -33,19 +31,11 @@ pub async fn start(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, ServiceError> {
-    let pool = Pool::connect(&config.database_url, config.db_pool_size).await?;
-    pool.migrate(&[saga_kit::MESSAGING_MIGRATION, MIGRATION])
-        .await?;
-    let settings = ConsumerSettings {
-        bootstrap_servers: config.kafka_bootstrap_servers.clone(),
-        group: config.consumer_group.clone(),
-        topics: TOPICS.map(str::to_owned).to_vec(),
-    };
-    saga_kit::service::start(
-        config.listen,
-        api::router(pool.clone()),
-        settings,
-        pool,
+    saga_kit::service::launch(
+        &config,
+        MIGRATION,
+        &TOPICS,
+        api::router,
         saga::OrderSaga,
         shutdown,
     )

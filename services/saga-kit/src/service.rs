@@ -12,6 +12,7 @@ use axum::Router;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServiceConfig;
 use crate::consumer::{self, ConsumerError, ConsumerSettings, Handler};
 use crate::db::{DbError, Pool};
 
@@ -37,6 +38,56 @@ pub enum ServiceError {
 pub struct Running {
     pub addr: SocketAddr,
     pub task: JoinHandle<Result<(), ServiceError>>,
+}
+
+/// Everything a service's `main` does: logging, settings from the environment (for
+/// `service`, the default consumer group), signals, `start`, and the exit code.
+pub async fn main<F, Fut>(service: &str, start: F) -> ExitCode
+where
+    F: FnOnce(ServiceConfig, CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<Running, ServiceError>>,
+{
+    crate::telemetry::init();
+    let config = match ServiceConfig::from_env(service) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!(error = %e, "bad configuration");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shutdown = CancellationToken::new();
+    cancel_on_signal(shutdown.clone());
+    exit_code(start(config, shutdown).await).await
+}
+
+/// Connects to the service's database, applies the shared messaging tables and
+/// `migration`, then [`start`]s the routes `routes` builds and a consumer of `topics`
+/// applying events with `saga`.
+pub async fn launch<H: Handler>(
+    config: &ServiceConfig,
+    migration: &str,
+    topics: &[&str],
+    routes: impl FnOnce(Pool) -> Router,
+    saga: H,
+    shutdown: CancellationToken,
+) -> Result<Running, ServiceError> {
+    let pool = Pool::connect(&config.database_url, config.db_pool_size).await?;
+    pool.migrate(&[crate::MESSAGING_MIGRATION, migration])
+        .await?;
+    let settings = ConsumerSettings {
+        bootstrap_servers: config.kafka_bootstrap_servers.clone(),
+        group: config.consumer_group.clone(),
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+    };
+    start(
+        config.listen,
+        routes(pool.clone()),
+        settings,
+        pool,
+        saga,
+        shutdown,
+    )
+    .await
 }
 
 /// Binds `listen`, then serves `router` and consumes with `handler` until `shutdown`.
