@@ -350,6 +350,20 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
+/// Whether a walsender streams from `slot`. (The slot's `active` flag alone is also true
+/// while a SQL call is still creating it, before anything streams.)
+pub async fn walsender_streams(admin: &tokio_postgres::Client, slot: &str) -> bool {
+    admin
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
+             WHERE s.slot_name = $1 AND a.backend_type = 'walsender'",
+            &[&slot],
+        )
+        .await
+        .expect("query pg_replication_slots")
+        .is_some()
+}
+
 fn effective_uid() -> u32 {
     let status = fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     let uids = status

@@ -157,21 +157,12 @@ impl RelayProcess {
             .unwrap_or(0)
     }
 
-    /// Waits until the relay streams from `slot` through a walsender. (The slot's `active`
-    /// flag alone is also true while a SQL call is still creating it, before it streams.)
+    /// Waits until the relay streams from `slot` through a walsender.
     pub async fn wait_streaming(&mut self, admin: &tokio_postgres::Client, slot: &str) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
             assert!(self.is_running(), "relay exited:\n{}", self.log());
-            let streaming = admin
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
-                     WHERE s.slot_name = $1 AND a.backend_type = 'walsender'",
-                    &[&slot],
-                )
-                .await
-                .expect("query pg_replication_slots");
-            if streaming.is_some() {
+            if super::pg::walsender_streams(admin, slot).await {
                 return;
             }
             assert!(

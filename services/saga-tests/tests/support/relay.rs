@@ -108,15 +108,7 @@ impl Relay {
                 self.slot,
                 self.log_dir.display()
             );
-            let streaming = admin
-                .query_opt(
-                    "SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid \
-                     WHERE s.slot_name = $1 AND a.backend_type = 'walsender'",
-                    &[&self.slot],
-                )
-                .await
-                .expect("query pg_replication_slots");
-            if streaming.is_some() {
+            if super::pg::walsender_streams(admin, &self.slot).await {
                 return;
             }
             assert!(
