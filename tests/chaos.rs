@@ -9,80 +9,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::chaos::{
-    paced_writer, recovery, tally, wait_ready, with_source_settings, Figures, Scale,
-};
-use common::kafka::{unique_topic, Broker};
+use common::chaos::{paced_writer, wait_ready, with_source_settings, Figures, Scale, Stage};
+use common::kafka::Broker;
 use common::pg::{PgCluster, PgOptions};
 use common::proxy::FaultProxy;
-use common::relay::{config_text, RelayProcess};
+use common::relay::RelayProcess;
 use common::workload::write_seq;
-use common::{wait_for, Rng, OUTBOX_DDL};
-
-/// One scenario's database, slot, topic and relay config.
-struct Stage {
-    admin: tokio_postgres::Client,
-    db: String,
-    slot: String,
-    topic: String,
-    dir: tempfile::TempDir,
-}
-
-impl Stage {
-    async fn new(cluster: &PgCluster, name: &str) -> Stage {
-        let db = cluster.create_database(name).await;
-        let admin = cluster.client(&db).await;
-        admin.batch_execute(OUTBOX_DDL).await.unwrap();
-        let prefix = unique_topic(name);
-        Stage {
-            admin,
-            slot: format!("{name}_slot"),
-            topic: format!("{prefix}.outbox.event.order"),
-            db,
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Writes `file` for a relay reaching PostgreSQL at `pg_address` and the broker at
-    /// `bootstrap` (each a proxy, or the real thing).
-    fn config(&self, file: &str, pg_address: &str, bootstrap: &str) -> PathBuf {
-        let url = format!("postgres://postgres@{pg_address}/{}", self.db);
-        let prefix = self.topic.trim_end_matches(".outbox.event.order");
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, config_text(&url, &self.slot, bootstrap, prefix, "")).unwrap();
-        path
-    }
-
-    fn start(&self, config: &std::path::Path) -> RelayProcess {
-        RelayProcess::start(config, self.dir.path())
-    }
-
-    /// Counts a fault that just ended and waits until the relay has recovered from it.
-    async fn fault_ended(&self, figures: &mut Figures) {
-        self.fault_ended_at(figures, Instant::now()).await;
-    }
-
-    /// [`Stage::fault_ended`] for a fault that ended at `ended`.
-    async fn fault_ended_at(&self, figures: &mut Figures, ended: Instant) {
-        figures.faults += 1;
-        figures.recovered(recovery(&self.admin, &self.slot, ended).await);
-    }
-
-    async fn tally(&self, figures: &mut Figures, broker: &Broker, written: i64) {
-        tally(
-            figures,
-            broker,
-            &self.admin,
-            &self.slot,
-            &self.topic,
-            written,
-        )
-        .await;
-    }
-}
+use common::{wait_for, Rng};
 
 fn pg_address(cluster: &PgCluster) -> String {
     format!("127.0.0.1:{}", cluster.port())

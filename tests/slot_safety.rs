@@ -5,45 +5,22 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::kafka::{unique_topic, Broker};
+use common::chaos::Stage;
+use common::kafka::Broker;
 use common::pg::{PgCluster, PgOptions};
 use common::proxy::FaultProxy;
-use common::relay::{config_text, RelayProcess};
+use common::relay::RelayProcess;
 use common::workload::write_seq;
-use common::{confirmed_flush, marker, wait_for, OUTBOX_DDL};
-
-struct Stage {
-    admin: tokio_postgres::Client,
-    slot: String,
-    dir: tempfile::TempDir,
-    config: std::path::PathBuf,
-}
+use common::{confirmed_flush, marker, wait_for};
 
 /// A database with an outbox and a relay config for it, reaching PostgreSQL at `address`.
-async fn stage(cluster: &PgCluster, name: &str, address: &str) -> Stage {
-    let db = cluster.create_database(name).await;
-    let admin = cluster.client(&db).await;
-    admin.batch_execute(OUTBOX_DDL).await.unwrap();
-    let slot = format!("{name}_slot");
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("relay.toml");
-    let url = format!("postgres://postgres@{address}/{db}");
-    let text = config_text(
-        &url,
-        &slot,
-        &Broker::shared().bootstrap(),
-        &unique_topic(name),
-        "",
-    );
-    std::fs::write(&config, text).unwrap();
-    Stage {
-        admin,
-        slot,
-        dir,
-        config,
-    }
+async fn stage(cluster: &PgCluster, name: &str, address: &str) -> (Stage, PathBuf) {
+    let stage = Stage::new(cluster, name).await;
+    let config = stage.config("relay.toml", address, &Broker::shared().bootstrap());
+    (stage, config)
 }
 
 /// Waits for the relay to exit by itself, non-zero, saying `needle`.
@@ -80,8 +57,8 @@ async fn take_relay_away(proxy: &FaultProxy, admin: &tokio_postgres::Client, slo
 async fn a_dropped_slot_stops_the_relay_and_is_not_recreated() {
     let cluster = PgCluster::shared();
     let proxy = FaultProxy::to(format!("127.0.0.1:{}", cluster.port())).await;
-    let stage = stage(cluster, "dropped", &proxy.address()).await;
-    let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
+    let (stage, config) = stage(cluster, "dropped", &proxy.address()).await;
+    let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
 
     take_relay_away(&proxy, &stage.admin, &stage.slot).await;
@@ -107,8 +84,8 @@ async fn a_dropped_slot_stops_the_relay_and_is_not_recreated() {
 async fn a_slot_advanced_behind_the_relays_back_stops_it() {
     let cluster = PgCluster::shared();
     let proxy = FaultProxy::to(format!("127.0.0.1:{}", cluster.port())).await;
-    let stage = stage(cluster, "advanced", &proxy.address()).await;
-    let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
+    let (stage, config) = stage(cluster, "advanced", &proxy.address()).await;
+    let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
     write_seq(&stage.admin, 0, 100).await;
     let delivered = marker(&stage.admin).await;
@@ -143,7 +120,7 @@ async fn a_slot_advanced_behind_the_relays_back_stops_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slot_of_another_output_plugin_stops_the_relay() {
     let cluster = PgCluster::shared();
-    let stage = stage(cluster, "plugin", &format!("127.0.0.1:{}", cluster.port())).await;
+    let (stage, config) = stage(cluster, "plugin", &format!("127.0.0.1:{}", cluster.port())).await;
     stage
         .admin
         .execute(
@@ -152,7 +129,7 @@ async fn a_slot_of_another_output_plugin_stops_the_relay() {
         )
         .await
         .unwrap();
-    let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
+    let mut relay = stage.start(&config);
     assert_stops_saying(
         &mut relay,
         "uses output plugin \"test_decoding\", not pgoutput",
@@ -167,8 +144,8 @@ async fn an_invalidated_slot_stops_the_relay_with_the_fix() {
         extra_conf: vec![("max_slot_wal_keep_size".into(), "1MB".into())],
         ..PgOptions::default()
     });
-    let stage = stage(&cluster, "lost", &format!("127.0.0.1:{}", cluster.port())).await;
-    let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
+    let (stage, config) = stage(&cluster, "lost", &format!("127.0.0.1:{}", cluster.port())).await;
+    let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
     assert!(relay.terminate().success());
 
@@ -204,7 +181,7 @@ async fn an_invalidated_slot_stops_the_relay_with_the_fix() {
     )
     .await;
 
-    let mut relay = RelayProcess::start(&stage.config, stage.dir.path());
+    let mut relay = stage.start(&config);
     let log = assert_stops_saying(
         &mut relay,
         "was invalidated by PostgreSQL (wal_status = lost)",

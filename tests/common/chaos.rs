@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use super::kafka::Broker;
-use super::relay::RelayProcess;
+use super::kafka::{unique_topic, Broker};
+use super::pg::PgCluster;
+use super::relay::{config_text, RelayProcess};
 use super::workload::{seq_of, write_seq};
-use super::{confirmed_flush, marker, wait_for};
+use super::{confirmed_flush, marker, wait_for, OUTBOX_DDL};
 
 /// Short runs by default (CI); the full suite with `CHAOS_FULL=1` (`scripts/chaos.sh`).
 #[derive(Debug, Clone, Copy)]
@@ -189,4 +190,66 @@ pub async fn wait_ready(relay: &RelayProcess, timeout: Duration) {
         async move { ready.then_some(()) }
     })
     .await;
+}
+
+/// One scenario's database, slot, topic and relay config.
+pub struct Stage {
+    pub admin: tokio_postgres::Client,
+    pub db: String,
+    pub slot: String,
+    pub topic: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Stage {
+    pub async fn new(cluster: &PgCluster, name: &str) -> Stage {
+        let db = cluster.create_database(name).await;
+        let admin = cluster.client(&db).await;
+        admin.batch_execute(OUTBOX_DDL).await.unwrap();
+        let prefix = unique_topic(name);
+        Stage {
+            admin,
+            slot: format!("{name}_slot"),
+            topic: format!("{prefix}.outbox.event.order"),
+            db,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes `file` for a relay reaching PostgreSQL at `pg_address` and the broker at
+    /// `bootstrap` (each a proxy, or the real thing).
+    pub fn config(&self, file: &str, pg_address: &str, bootstrap: &str) -> PathBuf {
+        let url = format!("postgres://postgres@{pg_address}/{}", self.db);
+        let prefix = self.topic.trim_end_matches(".outbox.event.order");
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, config_text(&url, &self.slot, bootstrap, prefix, "")).unwrap();
+        path
+    }
+
+    pub fn start(&self, config: &std::path::Path) -> RelayProcess {
+        RelayProcess::start(config, self.dir.path())
+    }
+
+    /// Counts a fault that just ended and waits until the relay has recovered from it.
+    pub async fn fault_ended(&self, figures: &mut Figures) {
+        self.fault_ended_at(figures, Instant::now()).await;
+    }
+
+    /// [`Stage::fault_ended`] for a fault that ended at `ended`.
+    pub async fn fault_ended_at(&self, figures: &mut Figures, ended: Instant) {
+        figures.faults += 1;
+        figures.recovered(recovery(&self.admin, &self.slot, ended).await);
+    }
+
+    pub async fn tally(&self, figures: &mut Figures, broker: &Broker, written: i64) {
+        tally(
+            figures,
+            broker,
+            &self.admin,
+            &self.slot,
+            &self.topic,
+            written,
+        )
+        .await;
+    }
 }
