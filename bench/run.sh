@@ -115,7 +115,7 @@ walsender_pid() {
 
 install_and_build() {
   install_debian_packages
-  install_tansu
+  install_kafka
   echo "== building the relay (release; the first build compiles librdkafka and takes minutes)"
   cargo build --release --quiet --bin outbox-relay
   [[ -x $RELAY ]] || die "cargo build did not produce $RELAY"
@@ -273,7 +273,7 @@ TOML
   walsender=$(walsender_pid bench_relay)
   RELAY_CPU=$(cpu_report "${jiffies0[@]}" relay "$(cpu_seconds "$pid")" \
     walsender "$(cpu_seconds "$walsender")" \
-    tansu "$(awk -v a="$broker_cpu0" -v b="$(cpu_seconds "$BROKER_PID")" 'BEGIN { print b - a }')")
+    kafka "$(awk -v a="$broker_cpu0" -v b="$(cpu_seconds "$BROKER_PID")" 'BEGIN { print b - a }')")
   kill -TERM "$pid"
   local rc=0
   wait "$pid" || rc=$?

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo: an order → product → delivery saga (choreography, with compensation) across
 # three services, each with its own PostgreSQL database, outbox and outbox-relay sidecar,
-# over a Kafka-protocol broker (tansu). All on loopback, no Docker. Places three orders
+# over an Apache Kafka broker (KRaft, single node). All on loopback, no Docker. Places three orders
 # (one completes, one fails for stock, one fails delivery and gets its stock back), prints
 # each saga's outcome and the stock before and after, then stops everything with SIGTERM.
 set -euo pipefail
@@ -11,7 +11,7 @@ source scripts/lib/services.sh
 source scripts/lib/saga.sh
 
 install_debian_packages
-install_tansu
+install_kafka
 install_demo_packages
 echo "== building the relay and the three services"
 cargo build --quiet -p outbox-relay -p order-service -p product-service -p delivery-service --bins

@@ -1,8 +1,9 @@
-//! Smoke test of the Kafka test harness in `tests/common/kafka.rs`, and of the tansu
-//! 0.6.0 behaviour the relay's tests rely on:
+//! Smoke test of the Kafka test harness in `tests/common/kafka.rs`, and of the broker
+//! behaviour the relay's tests rely on:
 //!
 //! * CreateTopics accepts partitions/replication factor -1 (broker defaults: 3
 //!   partitions) as well as explicit 1/1, and a topic takes produce right away.
+//! * A restart (SIGTERM or SIGKILL) on the same log dirs keeps every acknowledged record.
 //! * An idempotent producer (`enable.idempotence`, `acks=all`, `message.timeout.ms=0`)
 //!   gets a producer id and delivers in order, also across a SIGSTOP/SIGCONT outage.
 
@@ -104,7 +105,7 @@ async fn shared_broker_round_trips_keys_payloads_and_headers() {
     assert!(records.iter().all(|r| r.topic == topic));
 }
 
-/// tansu 0.6.0 takes -1/-1 (3 partitions) and 1/1, and produce works at once after.
+/// The broker takes -1/-1 (3 partitions) and 1/1, and produce works at once after.
 #[tokio::test(flavor = "multi_thread")]
 async fn create_topics_takes_broker_defaults_and_produce_works_at_once() {
     let broker = Broker::shared();
@@ -193,6 +194,34 @@ async fn rides_out_freeze(outage: Duration) {
     assert_numbered(&broker.consume_count(&[&topic], 70, WAIT).await, 70);
 }
 
+/// Acknowledged records survive a controlled shutdown and a SIGKILL of the broker, and the
+/// same idempotent producer goes on delivering, in order, after each restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn acknowledged_records_survive_broker_restarts() {
+    let broker = tokio::task::block_in_place(Broker::start);
+    let topic = unique_topic("restart");
+    broker.create_topic(&topic, 1).await;
+    let producer = idempotent_producer(&broker);
+    for delivery in send_numbered(&producer, &topic, 0..20) {
+        delivery.await.unwrap().unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        broker.stop();
+        broker.restart();
+    });
+    for delivery in send_numbered(&producer, &topic, 20..40) {
+        delivery.await.unwrap().unwrap();
+    }
+    tokio::task::block_in_place(|| {
+        broker.kill();
+        broker.restart();
+    });
+    for delivery in send_numbered(&producer, &topic, 40..60) {
+        delivery.await.unwrap().unwrap();
+    }
+    assert_numbered(&broker.consume_count(&[&topic], 60, WAIT).await, 60);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn consume_waits_for_topics_created_later() {
     let broker = Broker::shared();
@@ -236,7 +265,7 @@ fn drop_kills_even_a_frozen_broker() {
     drop(broker);
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
-        "tansu {pid} survived drop"
+        "broker {pid} survived drop"
     );
 }
 
@@ -260,9 +289,9 @@ fn watchdog_kills_broker_of_killed_process() {
     let pid: u32 = stdout
         .lines()
         .map(|l| l.unwrap())
-        .find_map(|l| l.split_once("TANSU_PID=").map(|(_, p)| p.parse().unwrap()))
-        .expect("child printed no TANSU_PID");
-    let log = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("tansu is running");
+        .find_map(|l| l.split_once("KAFKA_PID=").map(|(_, p)| p.parse().unwrap()))
+        .expect("child printed no KAFKA_PID");
+    let log = std::fs::read_link(format!("/proc/{pid}/fd/1")).expect("broker is running");
     let dir = log.parent().unwrap().to_path_buf();
     child.kill().unwrap(); // SIGKILL: no destructors run.
     child.wait().unwrap();
@@ -271,7 +300,7 @@ fn watchdog_kills_broker_of_killed_process() {
     while Path::new(&format!("/proc/{pid}")).exists() || dir.exists() {
         assert!(
             Instant::now() < deadline,
-            "watchdog did not kill tansu {pid} or remove {}",
+            "watchdog did not kill broker {pid} or remove {}",
             dir.display()
         );
         std::thread::sleep(Duration::from_millis(50));
@@ -284,7 +313,7 @@ fn watchdog_child() {
     if std::env::var_os("KAFKA_HARNESS_WATCHDOG_CHILD").is_none() {
         return;
     }
-    println!("TANSU_PID={}", Broker::shared().pid());
+    println!("KAFKA_PID={}", Broker::shared().pid());
     loop {
         std::thread::park(); // Wait to be killed.
     }

@@ -34,20 +34,36 @@ install_rust_components() {
   fi
 }
 
-# The test broker: tansu, a Kafka-protocol broker from crates.io. Its build takes about
-# 20 minutes on 2 cores, so it is skipped whenever the pinned version is already there.
-TANSU_VERSION=0.6.0
-install_tansu() {
-  export PATH="$HOME/.cargo/bin:$PATH"
-  if command -v tansu >/dev/null 2>&1 && [[ "$(tansu --version 2>/dev/null)" == "tansu $TANSU_VERSION" ]]; then
+# The test broker: Apache Kafka, as jars from Maven Central (scripts/kafka/pom.xml)
+# copied into a cache folder outside the work tree; skipped when the pinned version is
+# there. Needs a Java runtime and Maven from Debian.
+install_kafka() {
+  source "$(dirname "${BASH_SOURCE[0]}")/../kafka/version.sh"
+  export KAFKA_LIBS="$KAFKA_HOME_DEFAULT/libs"
+  if [[ -f "$KAFKA_HOME_DEFAULT/.complete" ]]; then
     return
   fi
-  echo "== installing tansu $TANSU_VERSION (cargo install; about 20 minutes on 2 cores)"
-  cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+  local missing=()
+  command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || missing+=(maven)
+  if ((${#missing[@]})); then
+    echo "== installing Debian packages: ${missing[*]}"
+    as_root apt-get update -q
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  echo "== installing Apache Kafka $KAFKA_VERSION into $KAFKA_HOME_DEFAULT (Maven Central)"
+  local started=$SECONDS
+  rm -rf "$KAFKA_HOME_DEFAULT"
+  mkdir -p "$KAFKA_HOME_DEFAULT"
+  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/../kafka/pom.xml" \
+    -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
+  touch "$KAFKA_HOME_DEFAULT/.complete"
+  echo "== Apache Kafka $KAFKA_VERSION installed in $((SECONDS - started)) s"
 }
 
 install_test_dependencies() {
   install_debian_packages
   install_rust_components
-  install_tansu
+  install_kafka
 }

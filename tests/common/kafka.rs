@@ -1,31 +1,31 @@
-//! A real Kafka-protocol broker for integration tests: tansu 0.6.0, in-memory storage.
+//! A real Apache Kafka broker for integration tests: the pinned 4.x release that
+//! `scripts/lib/install.sh` installs, single-node KRaft (combined broker and controller),
+//! started by `scripts/kafka/broker.sh` (the same script the demo and the benchmark use).
 //!
-//! The relay's guarantees (order, no loss across outages, idempotent retries) only mean
-//! something against a broker that speaks the real protocol to librdkafka; tansu does,
-//! starts in milliseconds and needs no JVM. So:
-//!
-//! * **One broker per test binary** ([`Broker::shared`]); [`Broker::start`] gives a test
-//!   its own, e.g. to freeze it without disturbing the others.
-//! * **Unique topics per test** ([`unique_topic`]). tansu does not create topics on
-//!   produce: create them with [`Broker::create_topic`] (or the relay's `create_topics`).
-//! * **Freeze for outages.** Memory storage is empty after a restart, so an outage is a
-//!   SIGSTOP ([`Broker::freeze`]) and SIGCONT ([`Broker::thaw`]): sockets stay open but
-//!   nothing answers, like a hung broker.
-//! * **Read until done.** tansu's high watermarks are not exact, so
-//!   [`Broker::consume_until`] reads until the caller's condition holds.
+//! * **One broker per test binary** ([`Broker::shared`]), about 6-10 s to start on 2 cores
+//!   (a JVM for the storage format, one for the broker); [`Broker::start`] gives a test its
+//!   own, e.g. to freeze or restart it without disturbing the others.
+//! * **Unique topics per test** ([`unique_topic`]). Auto-creation is off, as in production
+//!   clusters: create topics with [`Broker::create_topic`] (or the relay's `create_topics`).
+//!   Created with broker defaults, a topic has 3 partitions.
+//! * **Outages.** [`Broker::freeze`] (SIGSTOP) and [`Broker::thaw`] (SIGCONT): sockets stay
+//!   open but nothing answers, like a hung broker. [`Broker::stop`] (SIGTERM, a controlled
+//!   shutdown), [`Broker::kill`] (SIGKILL) and [`Broker::restart`] (the same log dirs and
+//!   ports): a real broker restart keeps what it acknowledged.
+//! * **Exact reads.** Kafka's offsets and high watermarks are exact, so
+//!   [`Broker::consume_until`] assigns every partition from the beginning and reads once.
 //! * **A watchdog per broker.** The shared broker is never dropped and a test process can
-//!   be SIGKILLed, so tansu runs under a detached `sh` whose stdin is a pipe held only by
-//!   the test process. However the process ends, `cat` then sees EOF and the watchdog
-//!   SIGKILLs and reaps tansu and deletes its temp dir; dropping a [`Broker`] does the same.
+//!   be SIGKILLed, so the broker runs beside a detached `sh` whose stdin is a pipe held only
+//!   by the test process. However the process ends, `cat` then sees EOF and the watchdog
+//!   SIGKILLs every JVM started on this broker's directory (restarts included) and deletes
+//!   it; dropping a [`Broker`] does the same.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,19 +38,40 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 
-/// How long [`Broker::start`] waits for tansu to answer, and how often it looks.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`Broker::start`] waits for the broker to answer, and how often it looks.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
 const START_POLL: Duration = Duration::from_millis(100);
 
-/// A running tansu broker; killed on drop (or by its watchdog).
+/// A running Kafka broker; killed on drop (or by its watchdog).
 #[derive(Debug)]
 pub struct Broker {
-    dir: tempfile::TempDir,
+    /// Removed by the watchdog, after it killed the broker.
+    dir: PathBuf,
     port: u16,
+    controller_port: u16,
+    /// The port clients are told to use: ours, or a proxy's in front of us.
+    advertised_port: u16,
     /// Unique, so a probe cannot mistake another broker on our port for ours.
     cluster_id: String,
-    pid: u32,
+    /// The broker JVM; a restart replaces it.
+    pid: AtomicU32,
+    /// `server.properties` lines added to the generated ones (listeners, SASL, ACLs).
+    extra: BrokerOptions,
     watchdog: Child,
+}
+
+/// What a broker runs with beyond the plain PLAINTEXT listener.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerOptions {
+    /// Appended to `server.properties` (`KAFKA_EXTRA` of `broker.sh`); may use `{dir}`.
+    pub properties: String,
+    /// Extra `StorageTool format` arguments (`KAFKA_FORMAT_ARGS`), e.g. SCRAM users.
+    pub format_args: String,
+    /// Extra listeners as `NAME://127.0.0.1:{port}` entries, each given a free port.
+    pub listeners: Vec<String>,
+    /// Client properties for the harness's own admin client and probes (e.g. SASL),
+    /// when PLAINTEXT is not open to them.
+    pub admin_client: Vec<(String, String)>,
 }
 
 /// One record as a consumer saw it.
@@ -105,19 +126,74 @@ impl Broker {
         Broker::start_with(Some(proxy))
     }
 
+    /// Starts a broker with more listeners or settings (SASL, TLS, an authorizer).
+    pub fn start_with_options(options: BrokerOptions) -> Broker {
+        Broker::start_inner(None, options)
+    }
+
     fn start_with(proxy: Option<&super::proxy::FaultProxy>) -> Broker {
-        let bin = tansu_bin();
+        Broker::start_inner(proxy, BrokerOptions::default())
+    }
+
+    fn start_inner(proxy: Option<&super::proxy::FaultProxy>, options: BrokerOptions) -> Broker {
+        let script = broker_script();
         for _ in 0..5 {
-            let broker = Broker::spawn(&bin, proxy.map(|p| p.port()));
+            let broker = Broker::spawn(&script, proxy.map(|p| p.port()), options.clone());
             if let Some(proxy) = proxy {
                 proxy.retarget(broker.bootstrap());
             }
             if broker.wait_ready() {
                 return broker;
             }
-            // The port was taken: dropping `broker` reaps it; try another.
+            // A port was taken: dropping `broker` reaps it; try others.
         }
-        panic!("tansu: no free port after 5 attempts")
+        panic!("kafka: no free ports after 5 attempts")
+    }
+
+    /// The broker's directory: `server.properties`, `data/` (its log dirs), `broker.log`.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The port of extra listener `index` of [`BrokerOptions::listeners`].
+    pub fn listener_port(&self, index: usize) -> u16 {
+        let text = std::fs::read_to_string(self.dir.join("listener-ports")).expect("ports");
+        text.split_whitespace().nth(index).expect("listener index").parse().unwrap()
+    }
+
+    /// SIGTERM (a controlled shutdown) and wait until the JVM is gone.
+    pub fn stop(&self) {
+        self.end("-TERM", Duration::from_secs(60));
+    }
+
+    /// SIGKILL and wait until the JVM is gone: what it had not flushed is the page cache's.
+    pub fn kill(&self) {
+        self.end("-KILL", Duration::from_secs(10));
+    }
+
+    /// Starts the broker again on the same log dirs and ports, after [`Broker::stop`] or
+    /// [`Broker::kill`], and waits until it answers metadata requests.
+    pub fn restart(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            self.launch(&broker_script());
+            if self.wait_ready() {
+                return;
+            }
+            // Our old port still lingered; the broker exited: start it again.
+            assert!(Instant::now() < deadline, "broker did not restart:\n{}", self.log_tail());
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn end(&self, signal: &str, timeout: Duration) {
+        let pid = self.pid();
+        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+        let deadline = Instant::now() + timeout;
+        while self.state().is_some_and(|s| s != 'Z') {
+            assert!(Instant::now() < deadline, "broker {pid} ignored kill {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn bootstrap(&self) -> String {
@@ -125,7 +201,7 @@ impl Broker {
     }
 
     pub fn pid(&self) -> u32 {
-        self.pid
+        self.pid.load(Ordering::SeqCst)
     }
 
     /// SIGSTOP: connections stay open but the broker stops answering.
@@ -140,16 +216,20 @@ impl Broker {
 
     /// The last 60 lines of the broker's output.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("tansu.log"))
+        let log = std::fs::read_to_string(self.dir.join("broker.log"))
             .unwrap_or_else(|e| format!("(no broker log: {e})"));
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(60)..].join("\n")
     }
 
-    /// A client config with `bootstrap.servers` set.
+    /// A client config with `bootstrap.servers` set (and the admin client's properties of
+    /// [`BrokerOptions::admin_client`]).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", self.bootstrap());
+        for (key, value) in &self.extra.admin_client {
+            config.set(key, value);
+        }
         config
     }
 
@@ -216,47 +296,97 @@ impl Broker {
             .await
     }
 
-    fn spawn(bin: &std::path::Path, advertised_port: Option<u16>) -> Broker {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let advertised = format!("tcp://127.0.0.1:{}", advertised_port.unwrap_or(port));
-        let cluster_id = format!("outbox-test-{}", uuid::Uuid::new_v4().simple());
-        let log_filter = std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into());
-        let script = r#"dir=$1 url=$3; "$2" broker --listener-url "$url" \
-            --advertised-listener-url "$5" --storage-engine memory://tansu/ --cluster-id "$4" \
-            >"$dir/tansu.log" 2>&1 & echo $!
-            cat >/dev/null; kill -9 $! 2>/dev/null; wait; rm -rf "$dir""#;
-        let mut watchdog = Command::new("sh")
-            .args(["-c", script, "tansu-watchdog"])
-            .arg(dir.path())
-            .arg(bin)
-            .args([&url, &cluster_id, &advertised])
-            .env("RUST_LOG", log_filter)
-            .env("NO_COLOR", "1")
+    fn spawn(script: &std::path::Path, advertised_port: Option<u16>, extra: BrokerOptions) -> Broker {
+        let dir = tempfile::tempdir().expect("temp dir").keep();
+        let (port, controller_port) = (free_port(), free_port());
+        // Unique per broker; in Kafka's form (16 bytes, URL-safe base64 without padding).
+        let cluster_id = loop {
+            let id = base64_url(uuid::Uuid::new_v4().as_bytes());
+            if !id.starts_with('-') {
+                break id;
+            }
+        };
+        // The watchdog: SIGKILLs every JVM of this broker's directory (the storage format
+        // and every (re)start name `{dir}/server.properties`) once stdin closes, then
+        // deletes the directory. Its own command line holds the directory only unexpanded.
+        let watchdog_script = r#"dir=$1; cat >/dev/null
+            while pkill -9 -f "$dir/server.properties" 2>/dev/null; do sleep 0.05; done
+            rm -rf "$dir""#;
+        let watchdog = Command::new("sh")
+            .args(["-c", watchdog_script, "kafka-watchdog"])
+            .arg(&dir)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::null())
             // Own process group: a Ctrl-C aimed at the tests must not kill it first.
             .process_group(0)
             .spawn()
-            .expect("spawn tansu watchdog");
-        let mut line = String::new();
-        BufReader::new(watchdog.stdout.take().expect("watchdog stdout"))
-            .read_line(&mut line)
-            .expect("read tansu pid");
-        let pid = line.trim().parse().expect("tansu pid");
-        Broker {
+            .expect("spawn kafka watchdog");
+        let broker = Broker {
             dir,
             port,
+            controller_port,
+            advertised_port: advertised_port.unwrap_or(port),
             cluster_id,
-            pid,
+            pid: AtomicU32::new(0),
+            extra,
             watchdog,
-        }
+        };
+        broker.launch(script);
+        broker
     }
 
-    /// Waits until tansu answers a metadata request (through rdkafka) on our port;
-    /// `false` if the port turned out to be taken.
+    /// Runs `broker.sh` detached (reparented to init, so no zombie), output appended to
+    /// `broker.log`, and records the JVM's pid (the script execs it).
+    fn launch(&self, script: &std::path::Path) {
+        let mut listeners = String::new();
+        if !self.extra.listeners.is_empty() {
+            let known = std::fs::read_to_string(self.dir.join("listener-ports")).ok();
+            let ports: Vec<u16> = match known {
+                Some(text) => text.split_whitespace().map(|p| p.parse().unwrap()).collect(),
+                None => self.extra.listeners.iter().map(|_| free_port()).collect(),
+            };
+            let text: Vec<String> = ports.iter().map(u16::to_string).collect();
+            std::fs::write(self.dir.join("listener-ports"), text.join(" ")).unwrap();
+            let entries: Vec<String> = self
+                .extra
+                .listeners
+                .iter()
+                .zip(&ports)
+                .map(|(l, p)| l.replace("{port}", &p.to_string()))
+                .collect();
+            listeners = format!(
+                "listeners=PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{},{}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{},{}\n",
+                self.port,
+                self.controller_port,
+                entries.join(","),
+                self.advertised_port,
+                entries.join(",")
+            );
+        }
+        let dir = self.dir.display().to_string();
+        let properties = format!("{listeners}{}", self.extra.properties.replace("{dir}", &dir));
+        let launcher = r#""$1" "$2" "$3" "$4" "$5" >>"$2/broker.log" 2>&1 & echo $!"#;
+        let output = Command::new("sh")
+            .args(["-c", launcher, "kafka-launch"])
+            .arg(script)
+            .arg(&self.dir)
+            .args([self.port, self.controller_port, self.advertised_port].map(|p| p.to_string()))
+            .env("KAFKA_CLUSTER_ID", &self.cluster_id)
+            .env("KAFKA_EXTRA", properties)
+            .env("KAFKA_FORMAT_ARGS", &self.extra.format_args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .output()
+            .expect("launch broker.sh");
+        let pid = String::from_utf8_lossy(&output.stdout).trim().parse().expect("broker pid");
+        self.pid.store(pid, Ordering::SeqCst);
+    }
+
+    /// Waits until the broker answers a metadata request (through rdkafka) on our port;
+    /// `false` if a port turned out to be taken.
     fn wait_ready(&self) -> bool {
         let deadline = Instant::now() + START_TIMEOUT;
         let probe: BaseConsumer = self
@@ -268,10 +398,10 @@ impl Broker {
         loop {
             if matches!(self.state(), None | Some('Z')) {
                 let log = self.log_tail();
-                if log.contains("AddrInUse") {
+                if log.contains("Address already in use") {
                     return false;
                 }
-                panic!("tansu exited during startup:\n{log}");
+                panic!("the Kafka broker exited during startup:\n{log}");
             }
             match probe.client().fetch_cluster_id(START_POLL) {
                 Some(id) if id != self.cluster_id => return false, // Not ours.
@@ -280,7 +410,7 @@ impl Broker {
             }
             assert!(
                 Instant::now() < deadline,
-                "tansu did not answer on {} within {START_TIMEOUT:?}:\n{}",
+                "the Kafka broker did not answer on {} within {START_TIMEOUT:?}:\n{}",
                 self.bootstrap(),
                 self.log_tail()
             );
@@ -290,72 +420,58 @@ impl Broker {
     /// Sends `kill <signal>` and waits until `/proc/<pid>/stat` shows `state_ok`.
     fn signal(&self, signal: &str, state_ok: fn(char) -> bool) {
         let status = Command::new("kill")
-            .args([signal, &self.pid.to_string()])
+            .args([signal, &self.pid().to_string()])
             .status()
             .expect("spawn kill");
-        assert!(status.success(), "kill {signal} {}: {status}", self.pid);
+        assert!(status.success(), "kill {signal} {}: {status}", self.pid());
         let deadline = Instant::now() + Duration::from_secs(10);
         while !self.state().is_some_and(state_ok) {
-            assert!(Instant::now() < deadline, "tansu ignored {signal}");
+            assert!(Instant::now() < deadline, "the broker ignored {signal}");
             std::thread::sleep(Duration::from_millis(5));
         }
     }
 
     /// The process state letter from `/proc/<pid>/stat` (`None` once it is reaped).
     fn state(&self) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).ok()?;
         stat.rsplit_once(')')?.1.trim_start().chars().next()
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        drop(self.watchdog.stdin.take()); // EOF: it SIGKILLs and reaps tansu, then exits.
+        drop(self.watchdog.stdin.take()); // EOF: it SIGKILLs the broker, then exits.
         let _ = self.watchdog.wait();
+        // The JVM is init's child (detached at launch): wait until init has reaped it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.state().is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
 /// Assigns every partition of `topics` once they exist and forwards records (`Ok`)
-/// and status or errors (`Err`) until the receiver is dropped.
-///
-/// If no new record has come for [`REREAD_AFTER_IDLE`], the reader starts a fresh consumer
-/// from the beginning and forwards only records (by topic, partition, offset) it has not
-/// forwarded yet: a belt-and-braces guard so one stuck consumer cannot hang a test. Records
-/// arrive interleaved across partitions and topics: tests that check order sort by offset
-/// within a partition, which is Kafka's order.
+/// and status or errors (`Err`) until the receiver is dropped. Records arrive interleaved
+/// across partitions and topics: tests that check order sort by offset within a
+/// partition, which is Kafka's order.
 fn read_topics(
     config: ClientConfig,
     topics: &[String],
     tx: &mpsc::UnboundedSender<Result<ReceivedRecord, String>>,
 ) {
-    let mut seen: HashSet<(String, i32, i64)> = HashSet::new();
-    let mut pass = 0;
+    let Some(consumer) = assigned_consumer(config, topics, tx) else {
+        return;
+    };
+    let _ = tx.send(Err("assigned; reading".to_string()));
     while !tx.is_closed() {
-        pass += 1;
-        let Some(consumer) = assigned_consumer(config.clone(), topics, tx) else {
-            return;
+        let record = match consumer.poll(Duration::from_millis(100)) {
+            None => continue,
+            Some(Err(e)) => Err(format!("consumer error: {e}")),
+            Some(Ok(m)) => Ok(received(&m)),
         };
-        let _ = tx.send(Err(format!("pass {pass}: {} records so far", seen.len())));
-        let mut last_new = std::time::Instant::now();
-        while !tx.is_closed() && last_new.elapsed() < REREAD_AFTER_IDLE {
-            let record = match consumer.poll(Duration::from_millis(100)) {
-                None => continue,
-                Some(Err(e)) => Err(format!("consumer error: {e}")),
-                Some(Ok(m)) => {
-                    if !seen.insert((m.topic().to_string(), m.partition(), m.offset())) {
-                        continue;
-                    }
-                    last_new = std::time::Instant::now();
-                    Ok(received(&m))
-                }
-            };
-            let _ = tx.send(record);
-        }
+        let _ = tx.send(record);
     }
 }
-
-/// How long without a new record before reading everything again.
-const REREAD_AFTER_IDLE: Duration = Duration::from_secs(3);
 
 /// A consumer assigned to every partition of `topics` from the beginning, once they exist;
 /// `None` when nobody is waiting any more.
@@ -425,17 +541,29 @@ fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, St
     }
 }
 
-/// `TANSU_BIN`, else `tansu` on `PATH`, else `~/.cargo/bin/tansu`.
-fn tansu_bin() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let home = PathBuf::from(std::env::var_os("HOME").unwrap_or_default());
-    let from_env = std::env::var_os("TANSU_BIN").map(PathBuf::from);
-    from_env
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|dir| dir.join("tansu")))
-        .chain([home.join(".cargo/bin/tansu")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("tansu 0.6.0 not found; run scripts/test.sh, which installs it"))
+/// `scripts/kafka/broker.sh` of this repository (the crate may be a workspace member).
+fn broker_script() -> PathBuf {
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    loop {
+        let script = dir.join("scripts/kafka/broker.sh");
+        if script.is_file() {
+            return script;
+        }
+        assert!(dir.pop(), "scripts/kafka/broker.sh not found above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+}
+
+/// URL-safe base64 without padding, as Kafka writes a cluster id.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 fn free_port() -> u16 {
