@@ -333,9 +333,7 @@ main() {
   services_init bench
   trap services_cleanup EXIT
   pg_start
-  broker_start
-  # broker_start tracks the broker as the latest pid; kept to read its CPU time.
-  BROKER_PID=${TRACKED_PIDS[-1]}
+  broker_start # Sets BROKER_PID, read for the broker's CPU time.
 
   write_backlog
   poll_session_start

@@ -30,7 +30,7 @@ fn repo_file(relative: &str) -> PathBuf {
 
 /// A Prometheus server scraping given targets every second; killed on drop.
 ///
-/// Like the harness's tansu broker, it runs under a detached `sh` whose stdin is a pipe
+/// Like the harness's Kafka broker, it runs under a detached `sh` whose stdin is a pipe
 /// held only by the test process: however that process ends, `cat` sees EOF and the
 /// watchdog SIGKILLs Prometheus and deletes its directory.
 struct Prometheus {
