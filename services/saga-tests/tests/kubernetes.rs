@@ -64,7 +64,7 @@ fn str_of<'a>(value: &'a Value, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{what} is not a string: {value:?}"))
 }
 
-fn seq<'a>(value: &'a Value) -> &'a [Value] {
+fn seq(value: &Value) -> &[Value] {
     value.as_sequence().map_or(&[], |s| s.as_slice())
 }
 
@@ -280,9 +280,7 @@ fn expand(value: &str, env: &BTreeMap<String, String>) -> String {
         if let Some(after) = rest.strip_prefix("$$") {
             out.push('$');
             rest = after;
-        } else if let Some((name, after)) = rest
-            .strip_prefix("$(")
-            .and_then(|r| r.split_once(')'))
+        } else if let Some((name, after)) = rest.strip_prefix("$(").and_then(|r| r.split_once(')'))
         {
             let value = env
                 .get(name)
@@ -397,9 +395,15 @@ fn relay_config_comes_from_the_configmap_and_loads_as_the_relay_would() {
         from_secrets.contains("DB_PASSWORD"),
         "relay DB_PASSWORD from a secretKeyRef"
     );
-    assert!(text.contains("${DB_PASSWORD}"), "the url takes the password");
+    assert!(
+        text.contains("${DB_PASSWORD}"),
+        "the url takes the password"
+    );
     let password = &env["DB_PASSWORD"];
-    assert!(!text.contains(password.as_str()), "a password in the ConfigMap");
+    assert!(
+        !text.contains(password.as_str()),
+        "a password in the ConfigMap"
+    );
 
     // It loads with the container's environment as the relay loads it (every ${VAR}
     // set), and is config/order-relay.toml: the same relay as in compose and the demo.
