@@ -414,10 +414,23 @@ fn relay_config_comes_from_the_configmap_and_loads_as_the_relay_would() {
     let reference = repo().join("config/order-relay.toml");
     let expected = Config::from_toml(&read(&reference), path, lookup)
         .unwrap_or_else(|e| panic!("{}: {e}", reference.display()));
-    assert_eq!(
-        format!("{config:#?}"),
-        format!("{expected:#?}"),
-        "the ConfigMap's relay.toml is config/order-relay.toml"
+    let (got, want) = (format!("{config:#?}"), format!("{expected:#?}"));
+    let differences: Vec<String> = got
+        .lines()
+        .zip(want.lines())
+        .filter(|(g, w)| g != w)
+        .map(|(g, w)| {
+            format!(
+                "ConfigMap: {}  config/order-relay.toml: {}",
+                g.trim(),
+                w.trim()
+            )
+        })
+        .collect();
+    assert!(
+        got == want,
+        "the ConfigMap's relay.toml differs from config/order-relay.toml:\n{}",
+        differences.join("\n")
     );
     assert_eq!(config.source.slot.as_str(), "order_outbox");
     let pg = config.postgres_config();
