@@ -200,7 +200,7 @@ fn pod_containers(pod: &Value) -> Vec<(&str, &Value, bool)> {
 fn relay_container(pod: &Value) -> (&Value, bool) {
     let relays: Vec<_> = pod_containers(pod)
         .into_iter()
-        .filter(|(_, c, _)| str_of(&c["image"], "image").starts_with("outbox-relay"))
+        .filter(|(_, c, _)| str_of(&c["image"], "image").contains("outbox-relay"))
         .collect();
     assert_eq!(relays.len(), 1, "one relay container in the pod");
     (relays[0].1, relays[0].2)
