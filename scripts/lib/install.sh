@@ -62,8 +62,36 @@ install_kafka() {
   echo "== Apache Kafka $KAFKA_VERSION installed in $((SECONDS - started)) s"
 }
 
+# The Kubernetes manifest validator (services/saga-tests/tests/kubernetes.rs validates
+# deploy/kubernetes with it): kubernetes-validate from PyPI, which bundles the Kubernetes
+# JSON schemas and so works offline, in a venv in the cache folder outside the work tree;
+# skipped when the pinned version is there. Needs Python's venv module (python3-venv).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+install_kubernetes_validate() {
+  local venv="${OUTBOX_RELAY_CACHE:-$HOME/.cache/outbox-relay}/venv"
+  export KUBERNETES_VALIDATE="$venv/bin/kubernetes-validate"
+  if [[ "$("$KUBERNETES_VALIDATE" --version 2>/dev/null)" == "$KUBERNETES_VALIDATE_VERSION" ]]; then
+    return
+  fi
+  echo "== installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv (PyPI)"
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 has no ensurepip without python3-venv.
+    echo "== installing Debian packages: python3-venv"
+    as_root apt-get update -q
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends python3-venv
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  [[ "$("$KUBERNETES_VALIDATE" --version)" == "$KUBERNETES_VALIDATE_VERSION" ]] \
+    || { echo "kubernetes-validate $KUBERNETES_VALIDATE_VERSION did not install in $venv" >&2; exit 1; }
+}
+
 install_test_dependencies() {
   install_debian_packages
   install_rust_components
   install_kafka
+  install_kubernetes_validate
 }

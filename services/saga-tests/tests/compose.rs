@@ -291,3 +291,60 @@ fn prometheus_scrapes_every_relay_and_the_images_run_as_non_root_with_healthchec
         "runtime runs as non-root"
     );
 }
+
+/// `key=value` lines of the server.properties that scripts/kafka/broker.sh writes.
+fn test_broker_properties() -> Vec<(String, String)> {
+    let script = std::fs::read_to_string(docker_dir().join("../scripts/kafka/broker.sh")).unwrap();
+    script
+        .split("<<PROPS\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nPROPS\n").next())
+        .expect("broker.sh writes server.properties in a <<PROPS heredoc")
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+#[test]
+fn compose_kafka_is_the_tested_version_set_up_like_the_test_broker() {
+    let compose = compose();
+    let kafka = &compose["services"]["kafka"];
+    let version_sh =
+        std::fs::read_to_string(docker_dir().join("../scripts/kafka/version.sh")).unwrap();
+    let version = version_sh
+        .lines()
+        .find_map(|l| l.strip_prefix("KAFKA_VERSION="))
+        .expect("KAFKA_VERSION in scripts/kafka/version.sh");
+    assert_eq!(
+        str_of(&kafka["image"], "image"),
+        format!("apache/kafka:{version}"),
+        "the broker version the tests run"
+    );
+
+    // The settings the relays and services depend on, as the apache/kafka image takes
+    // them: KAFKA_ and the property in upper case with `_` for `.`.
+    let properties = test_broker_properties();
+    for key in [
+        "auto.create.topics.enable",
+        "num.partitions",
+        "offsets.topic.replication.factor",
+        "transaction.state.log.replication.factor",
+        "transaction.state.log.min.isr",
+        "share.coordinator.state.topic.replication.factor",
+        "share.coordinator.state.topic.min.isr",
+        "group.initial.rebalance.delay.ms",
+    ] {
+        let (_, expected) = properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .unwrap_or_else(|| panic!("scripts/kafka/broker.sh does not set {key}"));
+        let var = format!("KAFKA_{}", key.to_uppercase().replace('.', "_"));
+        assert_eq!(
+            env_var(kafka, &var).as_deref(),
+            Some(expected.as_str()),
+            "compose kafka {var} vs broker.sh {key}"
+        );
+    }
+}
