@@ -1,4 +1,4 @@
-//! The relay binary end to end: real PostgreSQL, real Kafka-protocol broker, real consumer.
+//! The relay binary end to end: real PostgreSQL, real Apache Kafka broker, real consumer.
 
 mod common;
 

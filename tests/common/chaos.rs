@@ -144,9 +144,9 @@ pub async fn tally(
             seen.extend(records[checked..].iter().map(seq_of));
             checked = records.len();
             // Every seq arrived and then nothing new for a while: the duplicates, which sit
-            // at later offsets, have been read too. The consumer reports its status every
-            // few idle seconds, so this is re-evaluated even when nothing arrives, and a
-            // loss ends the wait at `give_up` with figures rather than a panic.
+            // at later offsets, have been read too. `consume_until` re-evaluates this even
+            // when nothing arrives, and a loss ends the wait at `give_up` with figures
+            // rather than a panic.
             let settled = last_new.elapsed() > Duration::from_millis(2_500);
             (seen.len() as i64 >= written && settled) || Instant::now() > give_up
         })

@@ -41,6 +41,8 @@ use tokio::sync::mpsc;
 /// How long [`Broker::start`] waits for the broker to answer, and how often it looks.
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 const START_POLL: Duration = Duration::from_millis(100);
+/// How often [`Broker::consume_until`] re-evaluates its condition while nothing arrives.
+const DONE_RECHECK: Duration = Duration::from_millis(200);
 
 /// A running Kafka broker; killed on drop (or by its watchdog).
 #[derive(Debug)]
@@ -260,8 +262,9 @@ impl Broker {
         }
     }
 
-    /// Reads `topics` from the beginning, in arrival order, until `done(&records)`;
-    /// panics after `timeout` (real time). A fresh consumer waits for topics that do not
+    /// Reads `topics` from the beginning, in arrival order, until `done(&records)`
+    /// (evaluated on every record and at least every 200 ms); panics after `timeout`
+    /// (real time). A fresh consumer waits for topics that do not
     /// exist yet, then assigns itself all their partitions (no group rebalance to wait for).
     pub async fn consume_until(
         &self,
@@ -286,11 +289,13 @@ impl Broker {
                 records.last().map(|r| (&r.topic, r.partition, r.offset)),
                 self.log_tail()
             );
-            match tokio::time::timeout(left, rx.recv()).await {
+            // Wake at least every DONE_RECHECK, so a condition that depends on time
+            // (nothing new for a while) is seen without waiting for the next record.
+            match tokio::time::timeout(left.min(DONE_RECHECK), rx.recv()).await {
                 Ok(Some(Ok(record))) => records.push(record),
                 Ok(Some(Err(message))) => status = message,
                 Ok(None) => panic!("consumer of {topics:?} ended: {:?}", reader.await),
-                Err(_) => {} // The deadline passed; the assert reports it.
+                Err(_) => {} // Re-evaluate `done`; past the deadline the assert reports it.
             }
         }
         drop(rx); // The reader notices within one poll and closes its consumer.
