@@ -7,10 +7,11 @@
 //! 2. only if that row is new, let the [`Handler`] change state and write outbox events;
 //! 3. store the partition's next offset in `consumer_offsets`, never lower than it was.
 //!
-//! Then commit, and only then hand the same offset to librdkafka, which commits it to the
-//! Kafka group within [`KAFKA_COMMIT_INTERVAL`]. The stored
-//! position therefore never runs ahead of the state it describes: a crash before the
-//! commit rereads the record, a crash after it does not; and a record read twice anyway
+//! Then commit, and only then hand the same offset to librdkafka's offset store, which
+//! commits it to the Kafka group within [`KAFKA_COMMIT_INTERVAL`] (and when the partition
+//! is revoked, and at close), so broker tooling shows the group and its lag. The stored
+//! position never runs ahead of the state it describes: a crash before the commit
+//! rereads the record, a crash after it does not; and a record read twice anyway
 //! (relay at-least-once, a replay from the beginning under a new `CONSUMER_GROUP`, two
 //! replicas during a rebalance) finds its inbox row and changes nothing.
 //!
@@ -34,8 +35,9 @@
 //! the rebalance callback (`rebalance`) starts it at the position stored in
 //! `consumer_offsets`, or at the beginning when none is stored (a new group: a full
 //! redelivery). The Kafka group's committed offset is never a start point: it may lag
-//! the stored position by the record whose Kafka commit a crash cut off. The callback
-//! commits the stored positions to Kafka as well, so broker tooling sees the true lag.
+//! the stored position by the records whose Kafka commit a crash cut off. The callback
+//! hands the stored positions to the offset store as well, so the group's offsets
+//! catch up even when no new record arrives.
 //!
 //! # Rebalances: one record at a time, two owners at worst
 //! Polling and applying happen on one thread, one record at a time, and librdkafka runs
@@ -54,7 +56,7 @@
 //! # Topics that do not exist yet
 //! The relay creates a topic with its first event, so a service may start before its
 //! topics exist. Subscribing to a missing topic is allowed (the broker does not
-//! auto-create it; librdkafka reports `UnknownTopicOrPartition` once, logged at debug):
+//! auto-create it; librdkafka reports `UnknownTopicOrPartition`, logged at debug):
 //! librdkafka looks it up again at every metadata refresh, every [`TOPIC_RECHECK`], and
 //! when it appears the group rebalances and assigns its partitions.
 

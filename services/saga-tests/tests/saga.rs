@@ -17,8 +17,11 @@ use uuid::Uuid;
 const ORDERS: usize = 300;
 /// Product id and initial stock; product 5 has none, so its orders fail for stock.
 const PRODUCTS: [(i64, i32); 5] = [(1, 100), (2, 100), (3, 100), (4, 100), (5, 0)];
+/// Orders placed before the second wave waits for both replicas of every service to own
+/// partitions (the groups split once the first events have created their topics).
+const FIRST_WAVE: usize = ORDERS / 2;
 /// Orders accepted before the product relay and one replica of each service are SIGKILLed.
-const KILL_AFTER: usize = ORDERS / 2;
+const KILL_AFTER: usize = FIRST_WAVE + ORDERS / 10;
 /// Product events that must pile up in the outbox while its relay is down.
 const WRITTEN_WHILE_DOWN: i64 = 20;
 const SETTLE: Duration = Duration::from_secs(150);
@@ -335,32 +338,16 @@ async fn assert_each_event_applied_once(env: &SagaEnv) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_replica_kills_and_a_replay(
-) {
-    let started = std::time::Instant::now();
-    let mut env = SagaEnv::start().await;
-    for (id, stock) in PRODUCTS {
-        let body = json!({ "name": format!("product {id}"), "stock": stock }).to_string();
-        let response = request(
-            env.addr(Kind::Product),
-            "PUT",
-            &format!("/products/{id}"),
-            Some(&body),
-        )
-        .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-    }
-
-    // Place every order at once (through the order replica that survives: a request in
-    // flight to a killed replica would fail, and a client retry would place a second
-    // order). Halfway through, SIGKILL the product relay and one replica of each service.
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let order_addr = env.addr(Kind::Order);
-    let tasks: Vec<_> = plan()
+/// Places `orders` at once, each in its own task, counting acceptances in `accepted`.
+fn place(
+    order_addr: std::net::SocketAddr,
+    orders: Vec<(i64, i32, String)>,
+    accepted: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Placed>> {
+    orders
         .into_iter()
         .map(|(product, quantity, address)| {
-            let accepted = Arc::clone(&accepted);
+            let accepted = Arc::clone(accepted);
             tokio::spawn(async move {
                 let body = json!({ "userId": 7, "productId": product, "quantity": quantity,
                                    "price": 1000, "address": address });
@@ -383,21 +370,54 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_repli
                 }
             })
         })
-        .collect();
-    wait_for("half the orders accepted", Duration::from_secs(60), || {
-        let n = accepted.load(Ordering::Relaxed);
-        async move {
-            (n >= KILL_AFTER)
-                .then_some(())
-                .ok_or(format!("{n} accepted"))
-        }
-    })
-    .await;
-    // Both replicas of each service really share the work when one is killed.
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_replica_kills_and_a_replay(
+) {
+    let started = std::time::Instant::now();
+    let mut env = SagaEnv::start().await;
+    for (id, stock) in PRODUCTS {
+        let body = json!({ "name": format!("product {id}"), "stock": stock }).to_string();
+        let response = request(
+            env.addr(Kind::Product),
+            "PUT",
+            &format!("/products/{id}"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+
+    // Place the orders in two concurrent waves, all through the order replica that
+    // survives (a request in flight to a killed replica would fail, and a client retry
+    // would place a second order). Once both replicas of every service own partitions,
+    // the second wave starts, and while it is in flight the product relay and one replica
+    // of each service are SIGKILLed.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let order_addr = env.addr(Kind::Order);
+    let mut orders = plan();
+    let second_wave = orders.split_off(FIRST_WAVE);
+    let mut tasks = place(order_addr, orders, &accepted);
     for kind in Kind::ALL {
         let group = SagaEnv::group(kind, "");
         wait_members(&env, &group, REPLICAS, Duration::from_secs(60)).await;
     }
+    tasks.extend(place(order_addr, second_wave, &accepted));
+    wait_for(
+        "orders accepted before the kills",
+        Duration::from_secs(60),
+        || {
+            let n = accepted.load(Ordering::Relaxed);
+            async move {
+                (n >= KILL_AFTER)
+                    .then_some(())
+                    .ok_or(format!("{n} accepted"))
+            }
+        },
+    )
+    .await;
     let product_db = env.client(Kind::Product).await;
     let at_kill = outbox_rows(&product_db).await;
     env.relay(Kind::Product).kill9();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::runtime::Handle;
@@ -35,7 +35,18 @@ pub(super) struct GroupContext {
     pub(super) shutdown: CancellationToken,
 }
 
-impl ClientContext for GroupContext {}
+impl ClientContext for GroupContext {
+    /// librdkafka's global errors. A subscribed topic that does not exist yet is expected
+    /// (see "Topics that do not exist yet" in the parent module); the rest librdkafka
+    /// retries, so they are warnings.
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::UnknownTopicOrPartition) {
+            tracing::debug!(%reason, "a subscribed topic does not exist yet");
+        } else {
+            tracing::warn!(%error, %reason, "kafka client error; librdkafka retries");
+        }
+    }
+}
 
 impl ConsumerContext for GroupContext {
     fn rebalance(
