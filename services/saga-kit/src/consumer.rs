@@ -203,7 +203,7 @@ pub async fn run<H: Handler>(
     tracing::info!(group = %settings.group, topics = ?settings.topics, "consumer subscribed");
     let runtime = Handle::current();
     tokio::task::spawn_blocking(move || {
-        let consumer = Loop {
+        let worker = Loop {
             consumer,
             runtime,
             pool,
@@ -211,10 +211,10 @@ pub async fn run<H: Handler>(
             group: settings.group,
             shutdown,
         };
-        consumer.run();
-        // Dropping the consumer leaves the group (revoking its partitions) here, off the
-        // async workers.
-        drop(consumer);
+        worker.run();
+        // Dropping the consumer commits the stored offsets and leaves the group (revoking
+        // its partitions) here, off the async workers.
+        drop(worker);
     })
     .await
     .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
