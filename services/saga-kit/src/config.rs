@@ -32,8 +32,9 @@ pub struct ServiceConfig {
     pub kafka_bootstrap_servers: String,
     /// `LISTEN_ADDR`: the HTTP API (default [`DEFAULT_LISTEN`]).
     pub listen: SocketAddr,
-    /// `CONSUMER_GROUP`: names the consumer's stored positions (default: the service
-    /// name). A new name reads every topic from the beginning: a full redelivery.
+    /// `CONSUMER_GROUP`: the Kafka consumer group the service's replicas share, and the
+    /// name of its stored positions (default: the service name). A new name reads every
+    /// topic from the beginning: a full redelivery.
     pub consumer_group: String,
     /// `DB_POOL_SIZE`: the most connections to hold (default [`DEFAULT_DB_POOL_SIZE`]).
     pub db_pool_size: usize,

@@ -1,60 +1,97 @@
-//! The idempotent consumer: each Kafka record is applied at most once to the service's state.
+//! The idempotent consumer: each Kafka record is applied at most once to the service's
+//! state, however many replicas of the service consume together.
 //!
 //! # The contract
 //! For every record, in one local PostgreSQL transaction:
 //! 1. insert its `id` header into `inbox` (`ON CONFLICT DO NOTHING`);
 //! 2. only if that row is new, let the [`Handler`] change state and write outbox events;
-//! 3. store the partition's next offset in `consumer_offsets`.
+//! 3. store the partition's next offset in `consumer_offsets`, never lower than it was.
 //!
-//! Then commit. The position therefore never runs ahead of the state it describes: a crash
-//! before the commit rereads the record, a crash after it does not; and a record read
-//! twice anyway (relay at-least-once, a replay from the beginning under a new
-//! `CONSUMER_GROUP`) finds its inbox row and changes nothing.
+//! Then commit, and only then hand the same offset to librdkafka's offset store, which
+//! commits it to the Kafka group within [`KAFKA_COMMIT_INTERVAL`] (and when the partition
+//! is revoked, and at close), so broker tooling shows the group and its lag. The stored
+//! position never runs ahead of the state it describes: a crash before the commit
+//! rereads the record, a crash after it does not; and a record read twice anyway
+//! (relay at-least-once, a replay from the beginning under a new `CONSUMER_GROUP`, two
+//! replicas during a rebalance) finds its inbox row and changes nothing.
 //!
-//! # Why offsets live in the database, not in Kafka's group coordinator
-//! Committing the Kafka offset after the database commit (the usual recipe) leaves a
-//! window where the state is committed and the offset is not; the inbox covers it, but
-//! storing the offset in the same transaction closes it outright. It also needs no group
-//! coordination from the broker: the consumer assigns itself every partition of its
-//! topics, which is what the development broker (tansu) and the tests rely on. The cost is
-//! one consumer process per service and group (no rebalancing across replicas), which is
-//! what these example services run. The offset is also committed to Kafka under the
-//! service's `group.id`, after the transaction commits, so broker tooling shows the group
-//! and its lag; the stored position is what a restart reads.
+//! # Consumer groups and replicas
+//! Every replica of a service subscribes to its topics in one Kafka consumer group
+//! (`CONSUMER_GROUP`), and the group coordinator spreads the partitions over them. It is
+//! the classic group protocol with the `cooperative-sticky` assignor, not KIP-848
+//! (`group.protocol=consumer`), although librdkafka 2.12 and Kafka 4.1 support both:
+//! - both rebalance incrementally (only the partitions that move are revoked; the others
+//!   keep being consumed), so KIP-848 would gain little here;
+//! - under KIP-848 the session timeout and heartbeat interval are the broker's
+//!   (`group.consumer.session.timeout.ms`, 45 s by default), so a killed replica's
+//!   partitions would stand still for 45 s unless every broker is reconfigured; the
+//!   classic protocol takes the client's [`SESSION_TIMEOUT`];
+//! - cooperative-sticky has been in librdkafka since 1.6 and rust-rdkafka's rebalance
+//!   callback drives it, while KIP-848 in librdkafka became generally available only
+//!   with 2.12.
 //!
 //! # Positions
-//! The stored position decides what is applied; the broker's read position only has to
-//! be at or before it. A consumer would normally seek straight to the stored offset, but
-//! tansu 0.6 (the development broker) returns nothing for a fetch that starts inside a
-//! record batch, silently skipping the rest of that batch. So the consumer reads each
-//! partition from the beginning and skips, without a transaction, the records below the
-//! stored position. That costs a reread of the retained log at start-up and when a topic
-//! appears, which suits these example services; against Kafka, seeking to the stored
-//! offset is the cheaper choice and equally exact.
+//! The stored position decides where reading starts. When the group assigns a partition,
+//! the rebalance callback (`rebalance`) starts it at the position stored in
+//! `consumer_offsets`, or at the beginning when none is stored (a new group: a full
+//! redelivery). The Kafka group's committed offset is never a start point: it may lag
+//! the stored position by the records whose Kafka commit a crash cut off. The callback
+//! hands the stored positions to the offset store as well, so the group's offsets
+//! catch up even when no new record arrives.
 //!
-//! Topics may not exist yet (the relay creates a topic with its first event), so missing
-//! ones are looked up again every [`TOPIC_RECHECK`] and the assignment is rebuilt from the
-//! stored positions when one appears.
+//! # Rebalances: one record at a time, two owners at worst
+//! Polling and applying happen on one thread, one record at a time, and librdkafka runs
+//! the rebalance callback inside `poll`: a revocation therefore happens between two
+//! records, after the one in hand has committed, and the next owner's stored position
+//! already includes it. A partition can still have two owners for a moment: when a
+//! replica is declared dead (no heartbeat within [`SESSION_TIMEOUT`], or no poll within
+//! `max.poll.interval.ms`) while it is in fact still applying a record, its partitions
+//! are given away before it learns. Both may then read the same record, and
+//! - the inbox's primary key serialises them: the second insert waits for the first
+//!   transaction, then finds the row, so the change is applied once;
+//! - the stored position moves forward only (`GREATEST`), so the late replica cannot
+//!   set it back, and the next assignment cannot start before a committed record;
+//! - the late replica's Kafka commit carries the old group generation and is refused.
+//!
+//! # Topics that do not exist yet
+//! The relay creates a topic with its first event, so a service may start before its
+//! topics exist. Subscribing to a missing topic is allowed (the broker does not
+//! auto-create it; librdkafka reports `UnknownTopicOrPartition`, logged at debug):
+//! librdkafka looks it up again at every metadata refresh, every [`TOPIC_RECHECK`], and
+//! when it appears the group rebalances and assigns its partitions.
+
+mod rebalance;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::runtime::Handle;
 use tokio_postgres::Transaction;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{DbError, Pool};
+use rebalance::GroupContext;
 
-/// How often topics that did not exist yet are looked up again.
+/// How often librdkafka refreshes metadata, which is how it notices a subscribed topic
+/// that did not exist yet.
 pub const TOPIC_RECHECK: Duration = Duration::from_secs(1);
+/// How long the group waits for a silent replica before giving its partitions to the
+/// others (the broker's default `group.min.session.timeout.ms`, the lowest it accepts).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// A third of [`SESSION_TIMEOUT`], as Kafka recommends.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+/// How often librdkafka commits the offsets handed to it to the Kafka group.
+pub const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// The longest `poll` waits, so a shutdown is noticed this quickly between records.
+const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// First and largest pause before retrying a record whose transaction failed.
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -116,10 +153,6 @@ pub enum HandleError {
 pub enum ConsumerError {
     #[error("kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
-    #[error(transparent)]
-    Db(#[from] DbError),
-    #[error("reading stored offsets: {0}")]
-    Offsets(#[source] tokio_postgres::Error),
 }
 
 /// Where to read and under which name positions are stored.
@@ -130,123 +163,125 @@ pub struct ConsumerSettings {
     pub topics: Vec<String>,
 }
 
-/// Consumes `settings.topics` until `shutdown`, applying each record with `handler`.
+/// Consumes `settings.topics` in consumer group `settings.group` until `shutdown`,
+/// applying each record with `handler`.
+///
+/// The loop runs on a blocking thread: librdkafka's rebalance callback runs inside
+/// `poll` and must read the stored positions before it returns (see "Positions").
 pub async fn run<H: Handler>(
     settings: ConsumerSettings,
     pool: Pool,
     handler: H,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
-    let consumer: Arc<StreamConsumer> = Arc::new(
-        ClientConfig::new()
-            .set("bootstrap.servers", &settings.bootstrap_servers)
-            .set("group.id", &settings.group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("fetch.wait.max.ms", "100")
-            .set("reconnect.backoff.max.ms", "1000")
-            .create()?,
-    );
-    let mut partitions: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut recheck = tokio::time::interval(TOPIC_RECHECK);
-    tracing::info!(group = %settings.group, topics = ?settings.topics, "consumer starting");
-    loop {
-        let missing = partitions.len() < settings.topics.len();
-        tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            _ = recheck.tick(), if missing => {
-                if discover(&consumer, &settings.topics, &mut partitions).await {
-                    positions = assign(&consumer, &pool, &settings.group, &partitions).await?;
-                }
-            }
-            message = consumer.recv(), if !partitions.is_empty() => match message {
-                Ok(message) => {
-                    let record = Record::from(&message);
-                    drop(message);
-                    let key = (record.topic.clone(), record.partition);
-                    if record.offset < positions.get(&key).copied().unwrap_or(0) {
-                        continue; // Applied before (stored position); see "Positions".
-                    }
-                    let next = record.offset + 1;
-                    if !apply_with_retry(&pool, &handler, &settings.group, record, &shutdown).await? {
-                        return Ok(()); // Shut down before it committed: reread at the next start.
-                    }
-                    commit_to_kafka(&consumer, &key, next);
-                    let position = positions.entry(key).or_insert(next);
-                    *position = (*position).max(next);
-                }
-                Err(e) => tracing::warn!(error = %e, "kafka consumer error; librdkafka retries"),
-            },
-        }
-    }
+    let context = GroupContext {
+        runtime: Handle::current(),
+        pool: pool.clone(),
+        group: settings.group.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let consumer: BaseConsumer<GroupContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .set("group.id", &settings.group)
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("session.timeout.ms", millis(SESSION_TIMEOUT))
+        .set("heartbeat.interval.ms", millis(HEARTBEAT_INTERVAL))
+        .set("topic.metadata.refresh.interval.ms", millis(TOPIC_RECHECK))
+        // Offsets reach Kafka only through `store_offsets`, after the database commit;
+        // librdkafka then commits them periodically, on revocation and at close, and
+        // retries one that a rebalance refused (a commit per record would not be).
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", millis(KAFKA_COMMIT_INTERVAL))
+        .set("enable.auto.offset.store", "false")
+        // Only for a stored position the log no longer holds (retention, a recreated topic).
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "100")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create_with_context(context)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    tracing::info!(group = %settings.group, topics = ?settings.topics, "consumer subscribed");
+    let runtime = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let worker = Loop {
+            consumer,
+            runtime,
+            pool,
+            handler,
+            group: settings.group,
+            shutdown,
+        };
+        worker.run();
+        // Dropping the consumer commits the stored offsets and leaves the group (revoking
+        // its partitions) here, off the async workers.
+        drop(worker);
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    Ok(())
 }
 
-/// Looks up topics not yet in `partitions`; true if any appeared.
-async fn discover(
-    consumer: &Arc<StreamConsumer>,
-    topics: &[String],
-    partitions: &mut BTreeMap<String, Vec<i32>>,
-) -> bool {
-    let missing: Vec<&String> = topics
-        .iter()
-        .filter(|t| !partitions.contains_key(*t))
-        .collect();
-    let mut found = false;
-    for topic in missing {
-        let (consumer, name) = (Arc::clone(consumer), topic.clone());
-        // fetch_metadata blocks the calling thread.
-        let ids = tokio::task::spawn_blocking(move || {
-            let meta = consumer
-                .fetch_metadata(Some(&name), Duration::from_secs(2))
-                .ok()?;
-            let topic = meta.topics().first()?;
-            let ids: Vec<i32> = topic.partitions().iter().map(|p| p.id()).collect();
-            (topic.error().is_none() && !ids.is_empty()).then_some(ids)
-        })
-        .await
-        .unwrap_or(None);
-        match ids {
-            Some(ids) => {
-                tracing::info!(topic = %topic, partitions = ids.len(), "topic found; consuming it");
-                partitions.insert(topic.clone(), ids);
-                found = true;
-            }
-            None => tracing::debug!(topic = %topic, "topic does not exist yet"),
-        }
-    }
-    found
+fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
 }
 
-/// Assigns every known partition from the beginning and returns the stored positions
-/// (next offset per partition) below which records are skipped; see "Positions".
-async fn assign(
-    consumer: &StreamConsumer,
-    pool: &Pool,
-    group: &str,
-    partitions: &BTreeMap<String, Vec<i32>>,
-) -> Result<BTreeMap<(String, i32), i64>, ConsumerError> {
-    let client = pool.get().await?;
-    let rows = client
-        .query(
-            "SELECT topic, partition, next_offset FROM consumer_offsets WHERE group_id = $1",
-            &[&group],
-        )
-        .await
-        .map_err(ConsumerError::Offsets)?;
-    let stored = rows
-        .iter()
-        .map(|r| ((r.get(0), r.get(1)), r.get(2)))
-        .collect();
-    let mut list = TopicPartitionList::new();
-    for (topic, ids) in partitions {
-        for &id in ids {
-            list.add_partition_offset(topic, id, Offset::Beginning)?;
+/// The consumer thread: poll, apply, commit, one record at a time.
+struct Loop<H> {
+    consumer: BaseConsumer<GroupContext>,
+    runtime: Handle,
+    pool: Pool,
+    handler: H,
+    group: String,
+    shutdown: CancellationToken,
+}
+
+impl<H: Handler> Loop<H> {
+    fn run(&self) {
+        while !self.shutdown.is_cancelled() {
+            let record = match self.consumer.poll(POLL_TIMEOUT) {
+                None => continue,
+                Some(Ok(message)) => Record::from(&message),
+                Some(Err(KafkaError::MessageConsumption(
+                    RDKafkaErrorCode::UnknownTopicOrPartition,
+                ))) => {
+                    tracing::debug!("a subscribed topic does not exist yet; looking again");
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "kafka consumer error; librdkafka retries");
+                    continue;
+                }
+            };
+            let (topic, partition, next) =
+                (record.topic.clone(), record.partition, record.offset + 1);
+            let applied = self.runtime.block_on(apply_with_retry(
+                &self.pool,
+                &self.handler,
+                &self.group,
+                record,
+                &self.shutdown,
+            ));
+            if !applied {
+                return; // Shut down before it committed: reread from the stored position.
+            }
+            self.commit_to_kafka(&topic, partition, next);
         }
     }
-    consumer.assign(&list)?;
-    Ok(stored)
+
+    /// Hands `next` for the partition to librdkafka's offset store, only ever after the
+    /// database transaction that stored it; librdkafka commits it to the Kafka group
+    /// within [`KAFKA_COMMIT_INTERVAL`], when the partition is revoked and at close. It
+    /// is for monitoring, so a failure is logged and nothing more.
+    fn commit_to_kafka(&self, topic: &str, partition: i32, next: i64) {
+        let mut offsets = TopicPartitionList::new();
+        let stored = offsets
+            .add_partition_offset(topic, partition, Offset::Offset(next))
+            .and_then(|()| self.consumer.store_offsets(&offsets));
+        if let Err(e) = stored {
+            tracing::debug!(error = %e, topic, partition,
+                "kafka offset not stored; the database position stands");
+        }
+    }
 }
 
 /// A record copied out of the consumer's buffer, so no borrow is held across awaits.
@@ -298,18 +333,6 @@ impl Record {
     }
 }
 
-/// Commits `next` for the partition to the Kafka group, only ever after the database
-/// transaction that stored it: for monitoring, so failures are logged and nothing more.
-fn commit_to_kafka(consumer: &StreamConsumer, (topic, partition): &(String, i32), next: i64) {
-    let mut offsets = TopicPartitionList::new();
-    let committed = offsets
-        .add_partition_offset(topic, *partition, Offset::Offset(next))
-        .and_then(|()| consumer.commit(&offsets, CommitMode::Async));
-    if let Err(e) = committed {
-        tracing::debug!(error = %e, topic, partition, "kafka offset commit failed; the stored position stands");
-    }
-}
-
 /// Applies `record`, retrying transient failures with backoff until it commits (`true`)
 /// or `shutdown` (`false`; it is reread at the next start, from the stored position).
 async fn apply_with_retry<H: Handler>(
@@ -318,7 +341,7 @@ async fn apply_with_retry<H: Handler>(
     group: &str,
     record: Record,
     shutdown: &CancellationToken,
-) -> Result<bool, ConsumerError> {
+) -> bool {
     let mut pause = RETRY_FIRST;
     let span = match record.event() {
         Ok(e) => tracing::info_span!("event", event_type = %e.event_type,
@@ -330,14 +353,14 @@ async fn apply_with_retry<H: Handler>(
             .instrument(span.clone())
             .await
         {
-            Ok(()) => return Ok(true),
+            Ok(()) => return true,
             Err(e) => {
                 let _entered = span.enter();
                 tracing::warn!(error = %e, retry_in = ?pause, "event not applied; retrying");
             }
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(false),
+            () = shutdown.cancelled() => return false,
             () = tokio::time::sleep(pause) => pause = (pause * 2).min(RETRY_MAX),
         }
     }
@@ -391,7 +414,8 @@ async fn apply<H: Handler>(
             }
         }
     }
-    // Monotonic: a stale record from before a reassignment cannot move the position back.
+    // Monotonic: a replica that lost the partition while applying this record (see
+    // "Rebalances") cannot move the position back behind the new owner's.
     tx.execute(
         "INSERT INTO consumer_offsets (group_id, topic, partition, next_offset) \
          VALUES ($1, $2, $3, $4) ON CONFLICT (group_id, topic, partition) \

@@ -14,7 +14,8 @@
 //! - [`config`]: the settings every service reads from its environment.
 //! - [`db`]: a small bounded PostgreSQL connection pool and the migrations runner.
 //! - [`outbox`]: writes an event row in the caller's transaction.
-//! - [`consumer`]: the idempotent Kafka consumer loop (inbox + offsets in the database).
+//! - [`consumer`]: the idempotent Kafka consumer: a consumer-group member that starts
+//!   each assigned partition at its stored offset (inbox + offsets in the database).
 //! - [`http`]: the JSON error type every HTTP handler returns.
 //! - [`service`]: runs a service's HTTP server and consumer until shutdown.
 //! - [`telemetry`]: tracing set-up (text or JSON logs).

@@ -1,5 +1,6 @@
 //! The example saga end to end: order → product → delivery (→ compensation) → order,
-//! through three real relays and a real broker.
+//! through three real relays and a real broker, with two replicas of every service in
+//! its consumer group, one of each SIGKILLed mid-run.
 
 mod support;
 
@@ -10,13 +11,17 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::http::request;
-use support::{wait_for, Kind, SagaEnv, UNDELIVERABLE};
+use support::{group, wait_for, Kind, SagaEnv, REPLICAS, UNDELIVERABLE};
+use uuid::Uuid;
 
 const ORDERS: usize = 300;
 /// Product id and initial stock; product 5 has none, so its orders fail for stock.
 const PRODUCTS: [(i64, i32); 5] = [(1, 100), (2, 100), (3, 100), (4, 100), (5, 0)];
-/// Orders accepted before the product relay is SIGKILLed.
-const KILL_AFTER: usize = ORDERS / 2;
+/// Orders placed before the second wave waits for both replicas of every service to own
+/// partitions (the groups split once the first events have created their topics).
+const FIRST_WAVE: usize = ORDERS / 2;
+/// Orders accepted before the product relay and one replica of each service are SIGKILLed.
+const KILL_AFTER: usize = FIRST_WAVE + ORDERS / 10;
 /// Product events that must pile up in the outbox while its relay is down.
 const WRITTEN_WHILE_DOWN: i64 = 20;
 const SETTLE: Duration = Duration::from_secs(150);
@@ -255,29 +260,94 @@ async fn positions(env: &SagaEnv, kind: Kind, group: &str) -> BTreeMap<(String, 
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_and_a_replay() {
-    let started = std::time::Instant::now();
-    let mut env = SagaEnv::start().await;
-    for (id, stock) in PRODUCTS {
-        let body = json!({ "name": format!("product {id}"), "stock": stock }).to_string();
-        let response = request(
-            env.addr(Kind::Product),
-            "PUT",
-            &format!("/products/{id}"),
-            Some(&body),
-        )
-        .await;
-        assert_eq!(response.status, 200, "{}", response.body);
-    }
+/// Waits until consumer group `group` has `members` members, each owning a partition.
+async fn wait_members(env: &SagaEnv, group: &str, members: usize, timeout: Duration) {
+    wait_for(
+        &format!("{members} member(s) of {group}, each owning partitions"),
+        timeout,
+        || {
+            let seen = group::assignments(&env.broker, group);
+            async move {
+                let seen = seen?;
+                (seen.len() == members && seen.iter().all(|(_, owned)| *owned > 0))
+                    .then_some(())
+                    .ok_or(format!("{seen:?}"))
+            }
+        },
+    )
+    .await;
+}
 
-    // Place every order at once; SIGKILL the product relay halfway through.
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let order_addr = env.addr(Kind::Order);
-    let tasks: Vec<_> = plan()
+/// Event ids in every service's outbox, by aggregate type (= topic `outbox.event.<type>`).
+async fn published(env: &SagaEnv) -> BTreeMap<String, BTreeSet<Uuid>> {
+    let mut by_type: BTreeMap<String, BTreeSet<Uuid>> = BTreeMap::new();
+    for kind in Kind::ALL {
+        for row in env
+            .client(kind)
+            .await
+            .query("SELECT aggregatetype, id FROM outbox", &[])
+            .await
+            .unwrap()
+        {
+            by_type.entry(row.get(0)).or_default().insert(row.get(1));
+        }
+    }
+    by_type
+}
+
+/// No event was lost or applied twice, by any replica: each service's inbox holds exactly
+/// the events published to its topics, and no handler reacted twice to one saga step
+/// (every event a handler wrote is the only one of its type for its order).
+async fn assert_each_event_applied_once(env: &SagaEnv) {
+    let published = published(env).await;
+    for (kind, (service, topics)) in Kind::ALL.into_iter().zip(CONSUMES) {
+        assert_eq!(kind.name(), service);
+        let client = env.client(kind).await;
+        let inbox: Vec<Uuid> = client
+            .query("SELECT event_id FROM inbox", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let applied: BTreeSet<Uuid> = inbox.iter().copied().collect();
+        let expected: BTreeSet<Uuid> = topics
+            .iter()
+            .flat_map(|t| published.get(*t).into_iter().flatten().copied())
+            .collect();
+        assert_eq!(applied.len(), inbox.len(), "{service}: an inbox id twice");
+        assert_eq!(
+            applied.difference(&expected).count() + expected.difference(&applied).count(),
+            0,
+            "{service}: inbox ({}) differs from the events of {topics:?} ({})",
+            applied.len(),
+            expected.len()
+        );
+        let repeated: Vec<(String, String, i64)> = client
+            .query(
+                "SELECT type, correlation_id, count(*) FROM outbox GROUP BY 1, 2 \
+                 HAVING count(*) > 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        assert!(repeated.is_empty(), "{service} reacted twice: {repeated:?}");
+    }
+}
+
+/// Places `orders` at once, each in its own task, counting acceptances in `accepted`.
+fn place(
+    order_addr: std::net::SocketAddr,
+    orders: Vec<(i64, i32, String)>,
+    accepted: &Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Placed>> {
+    orders
         .into_iter()
         .map(|(product, quantity, address)| {
-            let accepted = Arc::clone(&accepted);
+            let accepted = Arc::clone(accepted);
             tokio::spawn(async move {
                 let body = json!({ "userId": 7, "productId": product, "quantity": quantity,
                                    "price": 1000, "address": address });
@@ -300,19 +370,59 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
                 }
             })
         })
-        .collect();
-    wait_for("half the orders accepted", Duration::from_secs(60), || {
-        let n = accepted.load(Ordering::Relaxed);
-        async move {
-            (n >= KILL_AFTER)
-                .then_some(())
-                .ok_or(format!("{n} accepted"))
-        }
-    })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_replica_kills_and_a_replay(
+) {
+    let started = std::time::Instant::now();
+    let mut env = SagaEnv::start().await;
+    for (id, stock) in PRODUCTS {
+        let body = json!({ "name": format!("product {id}"), "stock": stock }).to_string();
+        let response = request(
+            env.addr(Kind::Product),
+            "PUT",
+            &format!("/products/{id}"),
+            Some(&body),
+        )
+        .await;
+        assert_eq!(response.status, 200, "{}", response.body);
+    }
+
+    // Place the orders in two concurrent waves, all through the order replica that
+    // survives (a request in flight to a killed replica would fail, and a client retry
+    // would place a second order). Once both replicas of every service own partitions,
+    // the second wave starts, and while it is in flight the product relay and one replica
+    // of each service are SIGKILLed.
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let order_addr = env.addr(Kind::Order);
+    let mut orders = plan();
+    let second_wave = orders.split_off(FIRST_WAVE);
+    let mut tasks = place(order_addr, orders, &accepted);
+    for kind in Kind::ALL {
+        let group = SagaEnv::group(kind, "");
+        wait_members(&env, &group, REPLICAS, Duration::from_secs(60)).await;
+    }
+    tasks.extend(place(order_addr, second_wave, &accepted));
+    wait_for(
+        "orders accepted before the kills",
+        Duration::from_secs(60),
+        || {
+            let n = accepted.load(Ordering::Relaxed);
+            async move {
+                (n >= KILL_AFTER)
+                    .then_some(())
+                    .ok_or(format!("{n} accepted"))
+            }
+        },
+    )
     .await;
     let product_db = env.client(Kind::Product).await;
     let at_kill = outbox_rows(&product_db).await;
     env.relay(Kind::Product).kill9();
+    let killed: Vec<String> = Kind::ALL.map(|kind| env.kill_replica(kind)).to_vec();
+    let killed_at = std::time::Instant::now();
     let mut placed = Vec::new();
     for task in tasks {
         placed.push(task.await.expect("order task"));
@@ -330,6 +440,12 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
     )
     .await;
     env.restart_relay(Kind::Product).await;
+    // The killed replicas never left their groups: the coordinator drops them after the
+    // session timeout and the survivors take their partitions, from the stored positions.
+    for group in &killed {
+        wait_members(&env, group, REPLICAS - 1, Duration::from_secs(60)).await;
+    }
+    let takeover = killed_at.elapsed();
 
     let settled = wait_for("every saga final and the stock settled", SETTLE, || async {
         let s = state(&env).await;
@@ -348,7 +464,9 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
     println!(
         "{ORDERS} orders: {completed} completed, {no_stock} cancelled out of stock, \
          {undeliverable} cancelled undeliverable (stock given back); stock {:?} -> {:?}; \
-         {piled_up} product events piled up while its relay was killed; settled after {:?}",
+         {piled_up} product events piled up while its relay was killed; one of {REPLICAS} \
+         replicas of each service SIGKILLed, survivors owned every partition {takeover:?} \
+         later; settled after {:?}",
         PRODUCTS,
         s.stock,
         started.elapsed()
@@ -399,11 +517,23 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         undeliverable,
         "one compensation per failed delivery"
     );
+    let events = |n: usize| i64::try_from(n).unwrap();
+    let expected_events: BTreeMap<String, i64> = [
+        ("order", events(ORDERS)),
+        ("product", events(ORDERS)),
+        ("delivery", events(ORDERS - no_stock)),
+        ("product-command", events(undeliverable)),
+    ]
+    .into_iter()
+    .map(|(t, n)| (t.to_owned(), n))
+    .collect();
+    assert_eq!(s.outbox, expected_events, "one event per saga step");
+    assert_each_event_applied_once(&env).await;
 
     // Each service also committed its positions to its Kafka consumer group (after the
     // database transaction), so broker tooling sees the same offsets.
     for kind in Kind::ALL {
-        let group = format!("{}-service", kind.name());
+        let group = SagaEnv::group(kind, "");
         let stored = positions(&env, kind, &group).await;
         wait_for(
             "the Kafka group offsets to match the stored positions",
@@ -421,17 +551,18 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         .await;
     }
 
-    // Redelivery: every service reads every topic again from the beginning under a new
-    // consumer group. Each record is seen a second time and nothing changes.
+    // Redelivery: every service (two replicas again) reads every topic again from the
+    // beginning under a new consumer group. Each record is seen a second time and nothing
+    // changes.
     env.restart_services("replay").await;
     for kind in Kind::ALL {
-        let original = positions(&env, kind, &format!("{}-service", kind.name())).await;
+        let original = positions(&env, kind, &SagaEnv::group(kind, "")).await;
         assert!(!original.is_empty(), "{} consumed something", kind.name());
         wait_for(
             "the replay to reach the original positions",
             SETTLE,
             || async {
-                let replay = positions(&env, kind, &format!("replay-{}", kind.name())).await;
+                let replay = positions(&env, kind, &SagaEnv::group(kind, "replay")).await;
                 original
                     .iter()
                     .all(|(partition, &next)| replay.get(partition).is_some_and(|&r| r >= next))
@@ -463,6 +594,7 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_a_relay_kill_an
         .filter(|(id, o)| after.orders.get(*id) != Some(o))
         .count();
     assert_eq!(changed, 0, "a replay changed {changed} orders");
+    assert_each_event_applied_once(&env).await;
     println!(
         "replay of every topic to fresh consumer groups changed nothing; total {:?}",
         started.elapsed()

@@ -1,18 +1,22 @@
 //! The whole saga on loopback: one PostgreSQL cluster with the three service databases,
-//! one tansu broker, the three services (in this process, from their libraries) and their
-//! three relays (the real `outbox-relay` binary, from the shipped `config/*-relay.toml`).
+//! one Kafka broker, [`REPLICAS`] replicas of each service (separate processes, see
+//! [`process`], each service's replicas in one consumer group) and the three relays (the
+//! real `outbox-relay` binary, from the shipped `config/*-relay.toml`). [`Service`] runs a
+//! service in this process instead, for tests that need no broker.
 //!
 //! Each test gets its own cluster and broker: slot names and topic names are fixed by the
 //! shipped configs, so two environments cannot share either. Both come from the relay's
 //! own test harness (`tests/common/`), watchdogs included.
 #![allow(dead_code)]
 
+pub mod group;
 pub mod http;
 #[path = "../../../../tests/common/kafka.rs"]
 pub mod kafka;
 #[path = "../../../../tests/common/pg.rs"]
 pub mod pg;
 // `kafka` can start a broker behind the fault proxy; the saga tests do not use that.
+pub mod process;
 #[path = "../../../../tests/common/proxy.rs"]
 pub mod proxy;
 pub mod relay;
@@ -27,10 +31,13 @@ use tokio_util::sync::CancellationToken;
 
 use kafka::Broker;
 use pg::{PgCluster, PgOptions};
+use process::ServiceProcess;
 use relay::Relay;
 
 /// Addresses containing this fail delivery (the delivery service's rule in these tests).
 pub const UNDELIVERABLE: &str = "nowhere";
+/// Replicas per service in a [`SagaEnv`], sharing the service's consumer group.
+pub const REPLICAS: usize = 2;
 
 /// Which service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,14 +119,15 @@ pub struct SagaEnv {
     pub cluster: PgCluster,
     pub broker: Broker,
     pub dir: tempfile::TempDir,
-    pub services: Vec<Service>,
+    /// Every replica started, killed ones included, in start order.
+    pub replicas: Vec<ServiceProcess>,
     pub relays: Vec<Relay>,
     pub admin: tokio_postgres::Client,
 }
 
 impl SagaEnv {
-    /// Databases, broker, services (default consumer groups), then relays, streaming.
-    /// Services first: they create the outbox tables the relays publish.
+    /// Databases, broker, services ([`REPLICAS`] each, default consumer groups), then
+    /// relays, streaming. Services first: they create the outbox tables the relays publish.
     pub async fn start() -> SagaEnv {
         init_logging();
         let cluster = PgCluster::start(PgOptions::default());
@@ -131,41 +139,70 @@ impl SagaEnv {
                 .await
                 .unwrap();
         }
-        let mut services = Vec::new();
-        for kind in Kind::ALL {
-            let group = format!("{}-service", kind.name());
-            services.push(Service::start(kind, &cluster, &broker.bootstrap(), &group).await);
-        }
         let mut dir = tempfile::Builder::new().prefix("saga-").tempdir().unwrap();
         if std::env::var_os("KEEP_RELAY_LOGS").is_some() {
             dir.disable_cleanup(true);
-            println!("relay logs in {}", dir.path().display());
+            println!("service and relay logs in {}", dir.path().display());
         }
-        let mut relays = Vec::new();
-        for kind in Kind::ALL {
-            let mut relay = Relay::new(
-                kind.name(),
-                cluster.port(),
-                kind.db(),
-                &broker.bootstrap(),
-                dir.path(),
-            );
-            relay.start();
-            relay.wait_streaming(&admin).await;
-            relays.push(relay);
-        }
-        SagaEnv {
+        let mut env = SagaEnv {
             cluster,
             broker,
             dir,
-            services,
-            relays,
+            replicas: Vec::new(),
+            relays: Vec::new(),
             admin,
+        };
+        env.start_services("").await;
+        for kind in Kind::ALL {
+            let mut relay = Relay::new(
+                kind.name(),
+                env.cluster.port(),
+                kind.db(),
+                &env.broker.bootstrap(),
+                env.dir.path(),
+            );
+            relay.start();
+            relay.wait_streaming(&env.admin).await;
+            env.relays.push(relay);
+        }
+        env
+    }
+
+    /// The consumer group of `kind` under `prefix` (`order-service` for the default
+    /// prefix "", `replay-order` for "replay").
+    pub fn group(kind: Kind, prefix: &str) -> String {
+        if prefix.is_empty() {
+            format!("{}-service", kind.name())
+        } else {
+            format!("{prefix}-{}", kind.name())
         }
     }
 
+    /// The running replicas of `kind`.
+    pub fn running(&self, kind: Kind) -> impl Iterator<Item = &ServiceProcess> {
+        self.replicas
+            .iter()
+            .filter(move |r| r.kind == kind && r.is_running())
+    }
+
+    /// The HTTP address of `kind`'s first running replica.
     pub fn addr(&self, kind: Kind) -> SocketAddr {
-        self.services[kind as usize].addr
+        self.running(kind)
+            .next()
+            .unwrap_or_else(|| panic!("no {} replica running", kind.name()))
+            .addr
+    }
+
+    /// SIGKILLs `kind`'s last running replica and returns its consumer group.
+    pub fn kill_replica(&mut self, kind: Kind) -> String {
+        let replica = self
+            .replicas
+            .iter_mut()
+            .rev()
+            .find(|r| r.kind == kind && r.is_running())
+            .unwrap_or_else(|| panic!("no {} replica running", kind.name()));
+        replica.kill9();
+        replica.group.clone()
     }
 
     pub fn relay(&mut self, kind: Kind) -> &mut Relay {
@@ -183,23 +220,42 @@ impl SagaEnv {
         self.cluster.client(kind.db()).await
     }
 
-    /// Stops the services cleanly before the broker and databases go away.
+    /// Stops the running replicas cleanly (SIGTERM) before the broker and databases go away.
     pub async fn stop(mut self) {
-        for service in self.services.drain(..) {
-            service.stop().await;
+        self.stop_services().await;
+    }
+
+    /// Stops every running replica, then starts [`REPLICAS`] of each service again under
+    /// consumer groups `prefix-<name>`.
+    pub async fn restart_services(&mut self, group_prefix: &str) {
+        self.stop_services().await;
+        self.start_services(group_prefix).await;
+    }
+
+    async fn start_services(&mut self, group_prefix: &str) {
+        let bootstrap = self.broker.bootstrap();
+        for kind in Kind::ALL {
+            let group = SagaEnv::group(kind, group_prefix);
+            for replica in 0..REPLICAS {
+                let process = ServiceProcess::start(
+                    kind,
+                    &self.cluster,
+                    &bootstrap,
+                    &group,
+                    replica,
+                    self.dir.path(),
+                )
+                .await;
+                self.replicas.push(process);
+            }
         }
     }
 
-    /// Stops every service, then starts them again under consumer groups `prefix-<name>`.
-    pub async fn restart_services(&mut self, group_prefix: &str) {
-        for service in self.services.drain(..) {
-            service.stop().await;
-        }
-        let bootstrap = self.broker.bootstrap();
-        for kind in Kind::ALL {
-            let group = format!("{group_prefix}-{}", kind.name());
-            let service = Service::start(kind, &self.cluster, &bootstrap, &group).await;
-            self.services.push(service);
+    async fn stop_services(&mut self) {
+        for replica in std::mem::take(&mut self.replicas) {
+            if replica.is_running() {
+                replica.stop().await;
+            }
         }
     }
 }
