@@ -1,11 +1,14 @@
-//! The Kafka half of the relay: producer settings, topic creation, delivery reports.
+//! The Kafka half of the relay: producer settings, topic creation, delivery reports, and
+//! holding a topic the broker refuses.
 
+pub mod hold;
 pub mod producer;
 pub mod properties;
 pub mod topics;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+pub use hold::Hold;
 pub use producer::{EventProducer, FailedDelivery};
 pub use topics::TopicManager;
 

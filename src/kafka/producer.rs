@@ -11,8 +11,9 @@
 //!
 //! An event is acknowledged to the checkpoint only from a *successful* delivery report,
 //! which with `acks=all` means every in-sync replica has it. A failed report never
-//! acknowledges: the failure is kept for the pipeline, which stops (or, once a DLQ is
-//! configured, dead-letters), and the slot stays behind the event.
+//! acknowledges: the record goes back to the pipeline as [`RefusedRecord`], to be
+//! dead-lettered (a fault of the row), held and sent again (a fault of its topic, see
+//! [`super::hold`]), or the relay stops; in every case the slot stays behind the event.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,8 +73,9 @@ pub struct InFlight {
     pub dead_letter: Option<Reason>,
 }
 
-/// A record the broker refused for a reason that concerns only it (too large, topic not
-/// authorized, ...): handed back so the pipeline can dead-letter it instead of stopping.
+/// A record the broker refused permanently for a reason that concerns the record (to be
+/// dead-lettered) or its topic (to be held and sent again): handed back to the pipeline
+/// instead of stopping the relay.
 #[derive(Debug)]
 pub struct RefusedRecord {
     pub in_flight: InFlight,
@@ -94,8 +96,12 @@ pub struct DeliveryContext {
     /// When the last delivery report arrived (ms since the Unix epoch).
     last_report_ms: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
-    /// Bounded by librdkafka's queue: at most every record in flight can be refused.
+    /// Refused for a fault of the row. Bounded by librdkafka's queue: at most every record
+    /// in flight can be refused.
     refused: Mutex<Vec<RefusedRecord>>,
+    /// Refused for a fault of the topic, in report order (per partition, send order).
+    /// Bounded the same way.
+    held: Mutex<Vec<RefusedRecord>>,
     /// Woken by every delivery report: room in the queue, or a failure to look at.
     delivered: Arc<Notify>,
 }
@@ -158,20 +164,25 @@ impl ProducerContext for DeliveryContext {
             Err((e, message)) => {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
                 let topic = message.topic().to_owned();
-                if crate::policy::is_row_specific(code) {
-                    warn!(%topic, error = %e, "broker refused a record");
-                    self.refused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(RefusedRecord {
-                            in_flight: *in_flight,
-                            topic,
-                            code,
-                        });
-                } else {
-                    error!(%topic, error = %e, "delivery failed");
-                    self.record_failure(topic, code, seq);
-                }
+                let queue = match crate::policy::refused(code) {
+                    crate::policy::Action::DeadLetter => &self.refused,
+                    crate::policy::Action::Hold => &self.held,
+                    _ => {
+                        error!(%topic, error = %e, "delivery failed");
+                        self.record_failure(topic, code, seq);
+                        self.delivered.notify_one();
+                        return;
+                    }
+                };
+                warn!(%topic, error = %e, "broker refused a record");
+                queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(RefusedRecord {
+                        in_flight: *in_flight,
+                        topic,
+                        code,
+                    });
             }
         }
         self.delivered.notify_one();
@@ -230,6 +241,7 @@ impl EventProducer {
             last_report_ms: AtomicU64::new(unix_millis()),
             failure: Mutex::new(None),
             refused: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
         };
         let producer = properties::producer_config(kafka)
@@ -249,6 +261,16 @@ impl EventProducer {
         record: &OutboundRecord,
         in_flight: InFlight,
     ) -> Result<(), PublishError> {
+        self.try_send(record, in_flight).await.map_err(|(e, _)| e)
+    }
+
+    /// [`EventProducer::send`], handing `in_flight` back when librdkafka refuses the
+    /// record at once (so a held record can be sent again later).
+    pub async fn try_send(
+        &self,
+        record: &OutboundRecord,
+        in_flight: InFlight,
+    ) -> Result<(), (PublishError, InFlight)> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -258,7 +280,9 @@ impl EventProducer {
         }
         let mut opaque = Box::new(in_flight);
         loop {
-            self.check_failures()?;
+            if let Err(e) = self.check_failures() {
+                return Err((e, *opaque));
+            }
             let mut message =
                 BaseRecord::<[u8], [u8], Box<InFlight>>::with_opaque_to(&record.topic, opaque)
                     .headers(headers.clone());
@@ -272,16 +296,22 @@ impl EventProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
                     opaque = refused.delivery_opaque;
-                    let _ = tokio::time::timeout(QUEUE_FULL_WAIT, self.delivered.notified()).await;
+                    self.wait_report(QUEUE_FULL_WAIT).await;
                 }
-                Err((e, _)) => {
-                    return Err(PublishError::Produce {
+                Err((e, refused)) => {
+                    let error = PublishError::Produce {
                         topic: record.topic.to_string(),
                         source: e,
-                    })
+                    };
+                    return Err((error, *refused.delivery_opaque));
                 }
             }
         }
+    }
+
+    /// Waits for the next delivery report, at most `limit`.
+    pub async fn wait_report(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.delivered.notified()).await;
     }
 
     /// Waits until this producer's own metadata lists `topic`'s partitions.
@@ -324,6 +354,30 @@ impl EventProducer {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
+    }
+
+    /// Records the broker refused for a fault of their topic since the last call, in
+    /// report order, to be held and sent again.
+    pub fn take_held(&self) -> Vec<RefusedRecord> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Whether records refused for a fault of their topic wait to be sent again.
+    pub fn has_held(&self) -> bool {
+        !self
+            .producer
+            .context()
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// The first delivery librdkafka gave up on, as an error.
