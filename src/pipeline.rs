@@ -521,7 +521,12 @@ impl Sink {
     ) -> Result<(), PublishError> {
         let mut backoff = Backoff::default();
         loop {
-            match self.topics.ensure(topic, &self.producer).await {
+            // A failure the relay stops on (bad credentials) ends the wait for the topic.
+            let ensured = tokio::select! {
+                ensured = self.topics.ensure(topic, &self.producer) => ensured,
+                failed = self.producer.failed() => Err(failed),
+            };
+            match ensured {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();

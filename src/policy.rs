@@ -62,6 +62,7 @@ pub fn classify(failure: Failure<'_>) -> Action {
         Failure::Row(_) => Action::DeadLetter,
         // Never existed (creation off): the row's routing value names no topic.
         Failure::Publish(PublishError::UnknownTopic(_)) => Action::DeadLetter,
+        Failure::Publish(PublishError::Credentials { .. }) => Action::Stop,
         // librdkafka refused the record before any broker saw it: its own size check
         // (`message.max.bytes`) is about this record alone.
         Failure::Publish(PublishError::Produce { source, .. })
@@ -241,6 +242,17 @@ mod tests {
             assert_eq!(refused(code), Action::Stop, "{code:?}");
         }
         assert_eq!(refused(RequestTimedOut), Action::Retry);
+        let credentials = PublishError::Credentials {
+            principal: "User:relay".into(),
+            reason: "SASL authentication error".into(),
+        };
+        assert_eq!(classify(Failure::Publish(&credentials)), Action::Stop);
+        assert!(!credentials.is_retryable());
+        let message = credentials.to_string();
+        assert!(
+            message.contains("as User:relay") && message.contains("sasl.password"),
+            "{message}"
+        );
     }
 
     #[test]

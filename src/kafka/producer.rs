@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::properties;
 use super::PublishError;
@@ -52,6 +52,8 @@ fn unix_millis() -> u64 {
 
 /// How long a newly created topic may take to appear in the producer's metadata.
 const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`EventProducer::failed`] looks again when nothing wakes it.
+const FAILURE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait for a delivery report before retrying a send the queue refused.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
@@ -96,6 +98,10 @@ pub struct DeliveryContext {
     /// When the last delivery report arrived (ms since the Unix epoch).
     last_report_ms: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
+    /// Why the broker refused the relay's credentials, once it has.
+    credentials: Mutex<Option<String>>,
+    /// Who the relay authenticates as, for the operator's fix.
+    principal: String,
     /// Refused for a fault of the row. Bounded by librdkafka's queue: at most every record
     /// in flight can be refused.
     refused: Mutex<Vec<RefusedRecord>>,
@@ -108,7 +114,22 @@ pub struct DeliveryContext {
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection errors land here; librdkafka retries them itself.
+        // Broker connection errors land here; librdkafka retries them itself, bad
+        // credentials included: those the relay stops on (see crate::policy).
+        let code = error.rdkafka_error_code();
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+        ) {
+            error!(error = %error, reason, principal = %self.principal, "kafka refused the relay's credentials");
+            self.credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| reason.to_owned());
+            self.health.set_kafka_up(false);
+            self.delivered.notify_one();
+            return;
+        }
         warn!(error = %error, reason, "kafka client error");
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.set_kafka_up(false);
@@ -165,8 +186,16 @@ impl ProducerContext for DeliveryContext {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
                 let topic = message.topic().to_owned();
                 let queue = match crate::policy::refused(code) {
-                    crate::policy::Action::DeadLetter => &self.refused,
-                    crate::policy::Action::Hold => &self.held,
+                    crate::policy::Action::DeadLetter => {
+                        warn!(%topic, error = %e, "broker refused a record");
+                        &self.refused
+                    }
+                    // Every queued record of the topic comes back this way: the hold logs
+                    // once per topic instead (see super::hold).
+                    crate::policy::Action::Hold => {
+                        debug!(%topic, error = %e, "broker refused the topic; holding the record");
+                        &self.held
+                    }
                     _ => {
                         error!(%topic, error = %e, "delivery failed");
                         self.record_failure(topic, code, seq);
@@ -174,7 +203,6 @@ impl ProducerContext for DeliveryContext {
                         return;
                     }
                 };
-                warn!(%topic, error = %e, "broker refused a record");
                 queue
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -240,6 +268,8 @@ impl EventProducer {
             connects: AtomicU64::new(0),
             last_report_ms: AtomicU64::new(unix_millis()),
             failure: Mutex::new(None),
+            credentials: Mutex::new(None),
+            principal: crate::policy::principal(&kafka.properties),
             refused: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
@@ -382,6 +412,18 @@ impl EventProducer {
 
     /// The first delivery librdkafka gave up on, as an error.
     pub fn check_failures(&self) -> Result<(), PublishError> {
+        let context = self.producer.context();
+        let credentials = context
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(reason) = credentials {
+            return Err(PublishError::Credentials {
+                principal: context.principal.clone(),
+                reason,
+            });
+        }
         let failure = self
             .producer
             .context()
@@ -392,6 +434,17 @@ impl EventProducer {
         match failure {
             Some(failed) => Err(PublishError::Delivery(failed)),
             None => Ok(()),
+        }
+    }
+
+    /// Resolves with the first failure [`EventProducer::check_failures`] reports, to race
+    /// against work that would otherwise wait for a broker that will never take it.
+    pub async fn failed(&self) -> PublishError {
+        loop {
+            if let Err(e) = self.check_failures() {
+                return e;
+            }
+            self.wait_report(FAILURE_POLL).await;
         }
     }
 
