@@ -293,6 +293,9 @@ impl Sink {
             if let Err(e) = step {
                 break Err(e);
             }
+            if self.hold.interrupted() {
+                break Ok(()); // Stopping while a topic is held: publish nothing newer.
+            }
         };
         // Whatever was handed to librdkafka before a stop still gets its chance to be
         // delivered (and acknowledged), so the slot ends as close to the failure as is safe.
@@ -309,6 +312,9 @@ impl Sink {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         for event in batch {
+            if self.hold.interrupted() {
+                return Ok(());
+            }
             match self.router.route(&event.change) {
                 Routed::Publish(record) => self.publish_record(&event, record, shutdown).await?,
                 Routed::Ignore { table, operation } => {

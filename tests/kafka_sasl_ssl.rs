@@ -232,6 +232,7 @@ async fn a_wrong_password_stops_the_relay_with_the_fix_and_no_password() {
         .lines()
         .rfind(|l| l.starts_with("error: "))
         .unwrap_or_default();
+    println!("wrong password: {error}");
     assert!(
         error.contains("authentication") && error.contains("sasl.password"),
         "the last line says what to fix: {error}\n{log}"

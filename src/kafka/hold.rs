@@ -138,6 +138,9 @@ pub struct Hold {
     principal: String,
     health: Health,
     checkpoint: SharedCheckpoint,
+    /// Shutdown came while records were held: nothing newer may be sent (it would land
+    /// before them), so the sink stops publishing.
+    interrupted: bool,
 }
 
 impl Hold {
@@ -147,14 +150,21 @@ impl Hold {
             principal: policy::principal(&kafka.properties),
             health,
             checkpoint,
+            interrupted: false,
         }
+    }
+
+    /// Whether shutdown interrupted a hold: publish nothing more.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
     }
 
     /// Sends every record the producer holds (and `refused_at_send`, one librdkafka
     /// refused at once, newer than everything it was given) again, oldest first, with
     /// backoff, until Kafka has acknowledged all of them; the caller sends nothing newer
     /// meanwhile. Returns early only at shutdown, with the held records unacknowledged (the
-    /// slot stays before them), or with an error that is not the topic's.
+    /// slot stays before them) and [`Hold::interrupted`] set, or with an error that is not
+    /// the topic's.
     pub async fn run(
         &mut self,
         producer: &EventProducer,
@@ -170,6 +180,7 @@ impl Hold {
             // Every record handed over earlier has its report: what comes back refused now
             // is older than anything not sent yet.
             if !settle(producer, shutdown).await? {
+                self.interrupted = true;
                 return Ok(());
             }
             let mut held = producer.take_held();
@@ -192,7 +203,10 @@ impl Hold {
                 .set_topic_blocked(self.blocked.reason(&self.principal));
             tokio::select! {
                 _ = sleep(backoff.next_delay()) => {}
-                _ = shutdown.cancelled() => return Ok(()),
+                _ = shutdown.cancelled() => {
+                    self.interrupted = true;
+                    return Ok(());
+                }
             }
             sent_to.clear();
             let mut queue = held.into_iter();
