@@ -15,13 +15,16 @@
 //!
 //! A refused record was never acknowledged, so the slot stays before the first of them
 //! for as long as they are held; they are acknowledged only by the successful delivery
-//! report of a later attempt. Records are sent again in the order they were refused, which
-//! per partition is the order they were first sent, and nothing newer is sent until every
-//! held record is back in librdkafka's hands, so per-key order is commit order. (One window
-//! remains that no producer can close: if the broker takes a record again *while*
-//! librdkafka still delivers later records queued before the refusal, those can land
-//! before the refused one is sent again. It needs the operator's fix to land within the
-//! moment the queue takes to drain.)
+//! report of a later attempt. While the topic refuses, each attempt sends one record, the
+//! oldest (a probe), and only once the producer's metadata lists the topic's partitions
+//! again (librdkafka drops them while the topic's metadata carries the error). Only when
+//! the broker has taken the probe do the rest follow, in the order they were refused,
+//! which per partition is the order they were first sent; nothing newer is sent until all
+//! of them are back in librdkafka's hands. Sending them all at once instead lets some
+//! wait in librdkafka's unassigned queue while the first is refused, and be delivered
+//! before it once the fix lands: the full fault suite saw exactly that reorder a key.
+//! (A window remains only if the topic is refused again between the probe's
+//! acknowledgement and the rest.)
 //!
 //! The state machine ([`BlockedTopics`]) decides when to log and what readiness says; it
 //! takes the time as an argument, so its tests need no clock.
@@ -176,6 +179,8 @@ impl Hold {
         let mut unsent: Vec<RefusedRecord> = refused_at_send.into_iter().collect();
         let mut sent_to: Vec<Arc<str>> = Vec::new();
         let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        // Until one record is taken again, send only a probe (see below).
+        let mut probe_next = true;
         loop {
             // Every record handed over earlier has its report: what comes back refused now
             // is older than anything not sent yet.
@@ -184,6 +189,9 @@ impl Hold {
                 return Ok(());
             }
             let mut held = producer.take_held();
+            // Refused (again): probe with one record after a pause. Otherwise the probe,
+            // or everything, went through: send the rest at once.
+            let refused = !held.is_empty() || std::mem::take(&mut probe_next);
             held.sort_by_key(|r| r.in_flight.event.seq); // stable: per partition, send order
             held.append(&mut unsent);
             let now = Instant::now();
@@ -196,20 +204,39 @@ impl Hold {
                 self.health.set_topic_blocked(None);
                 return Ok(());
             }
-            for record in &held {
-                self.refused(&record.topic, record.code, now);
-            }
-            self.health
-                .set_topic_blocked(self.blocked.reason(&self.principal));
-            tokio::select! {
-                _ = sleep(backoff.next_delay()) => {}
-                _ = shutdown.cancelled() => {
-                    self.interrupted = true;
-                    return Ok(());
-                }
-            }
             sent_to.clear();
             let mut queue = held.into_iter();
+            if refused {
+                let mut again = Vec::with_capacity(queue.len());
+                for record in queue.by_ref() {
+                    self.refused(&record.topic, record.code, now);
+                    again.push(record);
+                }
+                self.health
+                    .set_topic_blocked(self.blocked.reason(&self.principal));
+                tokio::select! {
+                    _ = sleep(backoff.next_delay()) => {}
+                    _ = shutdown.cancelled() => {
+                        self.interrupted = true;
+                        return Ok(());
+                    }
+                }
+                // Only the oldest record goes out until the broker takes one again: were
+                // the rest sent too, some could wait in librdkafka's unassigned queue while
+                // the probe is refused, and be delivered before it once the fix lands.
+                // Nothing goes until the producer knows the topic's partitions again
+                // (librdkafka drops them while the topic's metadata carries the error).
+                let mut again = again.into_iter();
+                let probe = again.next();
+                unsent.extend(again);
+                let Some(probe) = probe else { continue };
+                if !producer.knows_partitions(&probe.topic).await {
+                    unsent.insert(0, probe);
+                    probe_next = true;
+                    continue;
+                }
+                queue = vec![probe].into_iter();
+            }
             while let Some(record) = queue.next() {
                 let topic: Arc<str> = Arc::from(record.topic.as_str());
                 match self.send_again(producer, topics, router, record).await {
@@ -221,8 +248,11 @@ impl Hold {
                     // Refused again at once: it and everything after it wait for the next
                     // round, in order.
                     Err(SendAgain::Held(record)) => {
+                        probe_next = true;
+                        let rest = std::mem::take(&mut unsent);
                         unsent.push(record);
                         unsent.extend(queue.by_ref());
+                        unsent.extend(rest);
                     }
                     Err(SendAgain::Failed(e)) => return Err(e),
                 }

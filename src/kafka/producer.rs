@@ -344,6 +344,24 @@ impl EventProducer {
         let _ = tokio::time::timeout(limit, self.delivered.notified()).await;
     }
 
+    /// Whether this producer's own metadata lists `topic`'s partitions now (one metadata
+    /// request). A topic the broker refuses may have lost them (librdkafka drops the
+    /// partitions of a topic whose metadata carries an error): records sent before they
+    /// are back would wait in the unassigned queue and could be overtaken (see
+    /// [`EventProducer::wait_for_topic`]).
+    pub async fn knows_partitions(&self, topic: &str) -> bool {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .is_ok_and(|m| !super::partitions_of(&m, &topic).is_empty())
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Waits until this producer's own metadata lists `topic`'s partitions.
     ///
     /// librdkafka parks records for a topic whose partitions it does not know yet in an
