@@ -192,7 +192,7 @@ impl Hold {
             // Refused (again): probe with one record after a pause. Otherwise the probe,
             // or everything, went through: send the rest at once.
             let refused = !held.is_empty() || std::mem::take(&mut probe_next);
-            held.sort_by_key(|r| r.in_flight.event.seq); // stable: per partition, send order
+            held.sort_by_key(|r| r.order); // first send order, not report order
             held.append(&mut unsent);
             let now = Instant::now();
             for topic in &sent_to {
@@ -269,6 +269,9 @@ impl Hold {
     ) -> RefusedRecord {
         RefusedRecord {
             in_flight,
+            // Newer than everything sent before it (and nothing is sent after it while
+            // it is held).
+            order: u64::MAX,
             topic: topic.to_owned(),
             code: error.code().unwrap_or(RDKafkaErrorCode::Fail),
         }
@@ -315,7 +318,7 @@ impl Hold {
             return Ok(());
         };
         let sent = match topics.ensure(&record.topic, producer).await {
-            Ok(()) => producer.try_send(&record, held.in_flight).await,
+            Ok(()) => producer.send_as(&record, held.in_flight, held.order).await,
             Err(e) => Err((e, held.in_flight)),
         };
         match sent {
@@ -323,6 +326,7 @@ impl Hold {
             Err((e, in_flight)) => match policy::classify(Failure::Publish(&e)) {
                 Action::Hold => Err(SendAgain::Held(RefusedRecord {
                     in_flight,
+                    order: held.order,
                     topic: held.topic,
                     code: e.code().unwrap_or(held.code),
                 })),

@@ -81,8 +81,18 @@ pub struct InFlight {
 #[derive(Debug)]
 pub struct RefusedRecord {
     pub in_flight: InFlight,
+    /// When it was first handed to the producer, among all records: held records go out
+    /// again in this order (delivery reports can come back in another).
+    pub order: u64,
     pub topic: String,
     pub code: RDKafkaErrorCode,
+}
+
+/// What librdkafka carries per record: the [`InFlight`] and its place in send order.
+#[derive(Debug)]
+pub struct Sent {
+    order: u64,
+    in_flight: InFlight,
 }
 
 /// Receives librdkafka's callbacks: delivery reports and client errors.
@@ -168,9 +178,10 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<InFlight>;
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        let Sent { order, in_flight } = *sent;
         let seq = in_flight.event.seq;
         self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
         match result {
@@ -207,7 +218,8 @@ impl ProducerContext for DeliveryContext {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push(RefusedRecord {
-                        in_flight: *in_flight,
+                        in_flight,
+                        order,
                         topic,
                         code,
                     });
@@ -250,6 +262,8 @@ impl DeliveryContext {
 #[allow(missing_debug_implementations)]
 pub struct EventProducer {
     producer: ThreadedProducer<DeliveryContext>,
+    /// The next record's place in send order.
+    next_order: AtomicU64,
     delivered: Arc<Notify>,
 }
 
@@ -279,6 +293,7 @@ impl EventProducer {
             .map_err(PublishError::Client)?;
         Ok(EventProducer {
             producer,
+            next_order: AtomicU64::new(0),
             delivered,
         })
     }
@@ -301,6 +316,17 @@ impl EventProducer {
         record: &OutboundRecord,
         in_flight: InFlight,
     ) -> Result<(), (PublishError, InFlight)> {
+        let order = self.next_order.fetch_add(1, Ordering::Relaxed);
+        self.send_as(record, in_flight, order).await
+    }
+
+    /// [`EventProducer::try_send`] for a held record, keeping its place in send order.
+    pub async fn send_as(
+        &self,
+        record: &OutboundRecord,
+        in_flight: InFlight,
+        order: u64,
+    ) -> Result<(), (PublishError, InFlight)> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -308,13 +334,13 @@ impl EventProducer {
                 value: Some(value.as_ref()),
             });
         }
-        let mut opaque = Box::new(in_flight);
+        let mut opaque = Box::new(Sent { order, in_flight });
         loop {
             if let Err(e) = self.check_failures() {
-                return Err((e, *opaque));
+                return Err((e, opaque.in_flight));
             }
             let mut message =
-                BaseRecord::<[u8], [u8], Box<InFlight>>::with_opaque_to(&record.topic, opaque)
+                BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque)
                     .headers(headers.clone());
             if let Some(key) = &record.key {
                 message = message.key(key.as_ref());
@@ -333,7 +359,7 @@ impl EventProducer {
                         topic: record.topic.to_string(),
                         source: e,
                     };
-                    return Err((error, *refused.delivery_opaque));
+                    return Err((error, refused.delivery_opaque.in_flight));
                 }
             }
         }
