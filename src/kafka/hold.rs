@@ -20,9 +20,11 @@
 //! again (librdkafka drops them while the topic's metadata carries the error). Only when
 //! the broker has taken the probe do the rest follow, in the order they were refused,
 //! which per partition is the order they were first sent; nothing newer is sent until all
-//! of them are back in librdkafka's hands. Sending them all at once instead lets some
-//! wait in librdkafka's unassigned queue while the first is refused, and be delivered
-//! before it once the fix lands: the full fault suite saw exactly that reorder a key.
+//! of them are back in librdkafka's hands. The order is the one records were first handed
+//! to the producer ([`RefusedRecord::order`]), not the order their reports came back in:
+//! while librdkafka moves records of a refused topic through its unassigned queue, reports
+//! of one transaction can come back out of order, and a full-size run of the fault suite
+//! reordered a key when the held records were sorted by report order.
 //! (A window remains only if the topic is refused again between the probe's
 //! acknowledgement and the rest.)
 //!
