@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The full fault suite (CI runs a short version of it with the other tests): SIGKILLs,
 # failover between two replicas, PostgreSQL and broker connection cuts and stalls, a
-# frozen broker, PostgreSQL restarts, and unsafe slots. Prints one line per scenario.
+# frozen broker, PostgreSQL restarts, broker restarts (SIGTERM and SIGKILL), Write revoked
+# on a topic (ACLs), and unsafe slots. Prints one line per scenario.
 #
 #   scripts/chaos.sh           # full sizes: 20 kills in 200,000 events, 5 failovers, ...
 #   scripts/chaos.sh --short   # the CI sizes
@@ -18,7 +19,8 @@ echo "== fault suite (CHAOS_FULL=$CHAOS_FULL); full output: $LOG"
 status=0
 # Release build: the figures are meant to be read as production-like. The scenarios run
 # one at a time so their faults and figures do not disturb each other.
-cargo test --release --locked --test chaos --test slot_safety -- --nocapture --test-threads=1 \
+cargo test --release --locked --test chaos --test broker_faults --test slot_safety -- \
+  --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
 # With --nocapture a scenario's line can follow "test name ... " on the same line.

@@ -2,10 +2,12 @@
 //!
 //! Liveness (`/healthz`) only says the process answers. Readiness (`/readyz`) says the
 //! relay is doing its job: streaming from the slot *and* with a broker up. A standby relay
-//! waiting for a slot held elsewhere, or one cut off from Kafka, is alive but not ready.
+//! waiting for a slot held elsewhere, one cut off from Kafka, or one holding a topic the
+//! broker refuses ([`crate::kafka::hold`]) is alive but not ready.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Shared flags, set by the source and the producer, read by the probes.
 #[derive(Debug, Clone, Default)]
@@ -18,6 +20,8 @@ struct Flags {
     streaming: AtomicBool,
     standby: AtomicBool,
     kafka_up: AtomicBool,
+    /// Why a topic is held (its fix), while one is.
+    blocked: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -44,16 +48,25 @@ impl Health {
             .set(f64::from(u8::from(up)));
     }
 
+    /// A topic is held (`Some`, with the reason and its fix), or none is any more.
+    pub fn set_topic_blocked(&self, reason: Option<String>) {
+        *self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
     /// `Ok` when ready, else the reason, one line.
-    pub fn readiness(&self) -> Result<(), &'static str> {
+    pub fn readiness(&self) -> Result<(), Cow<'static, str>> {
         if !self.inner.streaming.load(Ordering::Relaxed) {
             if self.is_standby() {
-                return Err("standby: the replication slot is in use by another connection");
+                return Err("standby: the replication slot is in use by another connection".into());
             }
-            return Err("not streaming from the replication slot");
+            return Err("not streaming from the replication slot".into());
         }
         if !self.inner.kafka_up.load(Ordering::Relaxed) {
-            return Err("no Kafka broker is reachable");
+            return Err("no Kafka broker is reachable".into());
+        }
+        let blocked = self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = blocked.as_ref() {
+            return Err(reason.clone().into());
         }
         Ok(())
     }
@@ -66,19 +79,27 @@ mod tests {
     #[test]
     fn ready_only_with_both() {
         let health = Health::default();
+        let reason = |health: &Health| health.readiness().map_err(Cow::into_owned);
         assert_eq!(
-            health.readiness(),
-            Err("not streaming from the replication slot")
+            reason(&health),
+            Err("not streaming from the replication slot".into())
         );
         health.set_standby(true);
         assert_eq!(
-            health.readiness(),
-            Err("standby: the replication slot is in use by another connection")
+            reason(&health),
+            Err("standby: the replication slot is in use by another connection".into())
         );
         health.set_standby(false);
         health.set_streaming(true);
-        assert_eq!(health.readiness(), Err("no Kafka broker is reachable"));
+        assert_eq!(reason(&health), Err("no Kafka broker is reachable".into()));
         health.set_kafka_up(true);
-        assert_eq!(health.readiness(), Ok(()));
+        assert_eq!(reason(&health), Ok(()));
+        health.set_topic_blocked(Some("topic t is blocked: grant Write".into()));
+        assert_eq!(
+            reason(&health),
+            Err("topic t is blocked: grant Write".into())
+        );
+        health.set_topic_blocked(None);
+        assert_eq!(reason(&health), Ok(()));
     }
 }

@@ -16,11 +16,12 @@
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
 //! - [`outbox`]: a row change → the Kafka record it becomes (Debezium-compatible routing).
 //! - [`dlq`]: the dead-letter record for a row that can never be published.
-//! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements.
+//! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements;
+//!   [`kafka::hold`] holds and resends the records of a topic the broker refuses.
 //! - [`status`]: the slot and publication as PostgreSQL sees them (`outbox-relay status`).
 //! - [`tls`]: sslmode and certificates for both PostgreSQL connections (rustls).
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
-//! - [`policy`]: the one map from failure to retry, dead-letter or stop.
+//! - [`policy`]: the one map from failure to retry, dead-letter, hold or stop.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], standby while another
 //!   replica holds the slot, graceful stop.

@@ -27,6 +27,9 @@ pub const KAFKA_QUEUE_MESSAGES: &str = "outbox_relay_kafka_queue_messages";
 pub const CONNECTED: &str = "outbox_relay_connected";
 /// 1 while another relay holds the slot and this one stands by to take over.
 pub const STANDBY: &str = "outbox_relay_standby";
+/// 1 while the broker refuses the topic and the relay holds its records, 0 once it takes
+/// them again, by topic.
+pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 /// Reconnections, by target.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Always 1, with the version as a label.
@@ -101,6 +104,10 @@ pub fn describe() {
     describe_gauge!(
         STANDBY,
         "1 while another relay holds the slot and this one stands by"
+    );
+    describe_gauge!(
+        TOPIC_BLOCKED,
+        "1 while the broker refuses the topic (authorization, deleted, policy, size) and the relay holds its records; 0 once it takes them again"
     );
     describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");

@@ -27,7 +27,7 @@ use crate::config::OnError;
 use crate::dlq;
 use crate::health::Health;
 use crate::kafka::producer::InFlight;
-use crate::kafka::{EventProducer, PublishError, TopicManager};
+use crate::kafka::{EventProducer, Hold, PublishError, TopicManager};
 use crate::metrics as metric;
 use crate::outbox::{OutboundRecord, Routed, Router, TablePolicy};
 use crate::policy::{self, Action, Failure};
@@ -89,6 +89,7 @@ pub async fn run(
         router: Router::new(&config.outbox, &config.dlq.topic),
         producer,
         topics,
+        hold: Hold::new(&kafka, health.clone(), checkpoint.clone()),
         checkpoint: checkpoint.clone(),
     };
     let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
@@ -262,6 +263,8 @@ struct Sink {
     router: Router,
     producer: EventProducer,
     topics: TopicManager,
+    /// Records refused for a fault of their topic: sent again before anything newer.
+    hold: Hold,
     checkpoint: SharedCheckpoint,
 }
 
@@ -290,6 +293,9 @@ impl Sink {
             if let Err(e) = step {
                 break Err(e);
             }
+            if self.hold.interrupted() {
+                break Ok(()); // Stopping while a topic is held: publish nothing newer.
+            }
         };
         // Whatever was handed to librdkafka before a stop still gets its chance to be
         // delivered (and acknowledged), so the slot ends as close to the failure as is safe.
@@ -306,6 +312,9 @@ impl Sink {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         for event in batch {
+            if self.hold.interrupted() {
+                return Ok(());
+            }
             match self.router.route(&event.change) {
                 Routed::Publish(record) => self.publish_record(&event, record, shutdown).await?,
                 Routed::Ignore { table, operation } => {
@@ -333,17 +342,15 @@ impl Sink {
         record: OutboundRecord,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
-        let sent = match self.ensure_topic(&record.topic, shutdown).await {
-            Ok(()) => {
-                let in_flight = InFlight {
-                    event: event.clone(),
-                    dead_letter: None,
-                };
-                self.producer.send(&record, in_flight).await
-            }
-            Err(e) => Err(e),
+        let in_flight = InFlight {
+            event: event.clone(),
+            dead_letter: None,
         };
-        let Err(error) = sent else {
+        let sent = match self.ensure_topic(&record.topic, shutdown).await {
+            Ok(()) => self.producer.try_send(&record, in_flight).await,
+            Err(e) => Err((e, in_flight)),
+        };
+        let Err((error, in_flight)) = sent else {
             return Ok(());
         };
         match policy::classify(Failure::Publish(&error)) {
@@ -356,17 +363,40 @@ impl Sink {
                 self.reject(event, &policy, Some(&record), reason, shutdown)
                     .await
             }
+            // The topic refuses it: hold it until it takes it (never the DLQ).
+            Action::Hold => {
+                let held = Hold::refused_at_send(&record.topic, &error, in_flight);
+                self.hold_refused(Some(held), shutdown).await
+            }
             Action::Retry | Action::Stop => Err(error.into()),
         }
     }
 
+    /// Sends records refused for a fault of their topic (and `held`) again until Kafka
+    /// takes them, before anything newer (see [`crate::kafka::hold`]).
+    async fn hold_refused(
+        &mut self,
+        held: Option<crate::kafka::producer::RefusedRecord>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        let (producer, topics, router) = (&self.producer, &mut self.topics, &mut self.router);
+        Ok(self
+            .hold
+            .run(producer, topics, router, held, shutdown)
+            .await?)
+    }
+
     /// Records the broker refused after accepting them into the queue (delivery reports):
-    /// dead-letter them now. A refused dead letter is sent again after a pause: the
-    /// dead-letter topic never drops a row.
+    /// first those refused for a fault of their topic are held and sent again until Kafka
+    /// takes them; then those refused for a fault of their own are dead-lettered. A refused
+    /// dead letter is sent again after a pause: the dead-letter topic never drops a row.
     async fn dead_letter_refused(
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
+        if self.producer.has_held() {
+            self.hold_refused(None, shutdown).await?;
+        }
         for refused in self.producer.take_refused() {
             let event = refused.in_flight.event;
             let (policy, original) = match self.router.route(&event.change) {
@@ -497,7 +527,12 @@ impl Sink {
     ) -> Result<(), PublishError> {
         let mut backoff = Backoff::default();
         loop {
-            match self.topics.ensure(topic, &self.producer).await {
+            // A failure the relay stops on (bad credentials) ends the wait for the topic.
+            let ensured = tokio::select! {
+                ensured = self.topics.ensure(topic, &self.producer) => ensured,
+                failed = self.producer.failed() => Err(failed),
+            };
+            match ensured {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();

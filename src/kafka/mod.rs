@@ -1,11 +1,14 @@
-//! The Kafka half of the relay: producer settings, topic creation, delivery reports.
+//! The Kafka half of the relay: producer settings, topic creation, delivery reports, and
+//! holding a topic the broker refuses.
 
+pub mod hold;
 pub mod producer;
 pub mod properties;
 pub mod topics;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
+pub use hold::Hold;
 pub use producer::{EventProducer, FailedDelivery};
 pub use topics::TopicManager;
 
@@ -29,6 +32,9 @@ pub enum PublishError {
     },
     #[error("topic {0} does not exist and kafka.create_topics is false; create it or enable kafka.create_topics")]
     UnknownTopic(String),
+    /// The broker refused the relay's SASL credentials (librdkafka would retry forever).
+    #[error("Kafka refused the relay's credentials as {principal} ({reason}); fix sasl.username, sasl.password and sasl.mechanism in [kafka.properties] (a secret written as \"${{KAFKA_PASSWORD}}\" comes from the environment); the relay stops on bad credentials")]
+    Credentials { principal: String, reason: String },
 }
 
 impl PublishError {
@@ -40,7 +46,7 @@ impl PublishError {
             }
             PublishError::Delivery(failed) => Some(failed.code),
             PublishError::CreateTopic { code, .. } => Some(*code),
-            PublishError::UnknownTopic(_) => None,
+            PublishError::UnknownTopic(_) | PublishError::Credentials { .. } => None,
         }
     }
 
@@ -48,7 +54,10 @@ impl PublishError {
     /// forever (no message timeout), so what reaches here is mostly permanent; the codes
     /// below are the ones an operator must fix. Unknown errors count as retryable.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, PublishError::UnknownTopic(_)) && !self.code().is_some_and(is_permanent)
+        !matches!(
+            self,
+            PublishError::UnknownTopic(_) | PublishError::Credentials { .. }
+        ) && !self.code().is_some_and(is_permanent)
     }
 }
 

@@ -11,8 +11,9 @@
 //!
 //! An event is acknowledged to the checkpoint only from a *successful* delivery report,
 //! which with `acks=all` means every in-sync replica has it. A failed report never
-//! acknowledges: the failure is kept for the pipeline, which stops (or, once a DLQ is
-//! configured, dead-letters), and the slot stays behind the event.
+//! acknowledges: the record goes back to the pipeline as [`RefusedRecord`], to be
+//! dead-lettered (a fault of the row), held and sent again (a fault of its topic, see
+//! [`super::hold`]), or the relay stops; in every case the slot stays behind the event.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use super::properties;
 use super::PublishError;
@@ -51,6 +52,8 @@ fn unix_millis() -> u64 {
 
 /// How long a newly created topic may take to appear in the producer's metadata.
 const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`EventProducer::failed`] looks again when nothing wakes it.
+const FAILURE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait for a delivery report before retrying a send the queue refused.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
@@ -72,13 +75,24 @@ pub struct InFlight {
     pub dead_letter: Option<Reason>,
 }
 
-/// A record the broker refused for a reason that concerns only it (too large, topic not
-/// authorized, ...): handed back so the pipeline can dead-letter it instead of stopping.
+/// A record the broker refused permanently for a reason that concerns the record (to be
+/// dead-lettered) or its topic (to be held and sent again): handed back to the pipeline
+/// instead of stopping the relay.
 #[derive(Debug)]
 pub struct RefusedRecord {
     pub in_flight: InFlight,
+    /// When it was first handed to the producer, among all records: held records go out
+    /// again in this order (delivery reports can come back in another).
+    pub order: u64,
     pub topic: String,
     pub code: RDKafkaErrorCode,
+}
+
+/// What librdkafka carries per record: the [`InFlight`] and its place in send order.
+#[derive(Debug)]
+pub struct Sent {
+    order: u64,
+    in_flight: InFlight,
 }
 
 /// Receives librdkafka's callbacks: delivery reports and client errors.
@@ -94,15 +108,38 @@ pub struct DeliveryContext {
     /// When the last delivery report arrived (ms since the Unix epoch).
     last_report_ms: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
-    /// Bounded by librdkafka's queue: at most every record in flight can be refused.
+    /// Why the broker refused the relay's credentials, once it has.
+    credentials: Mutex<Option<String>>,
+    /// Who the relay authenticates as, for the operator's fix.
+    principal: String,
+    /// Refused for a fault of the row. Bounded by librdkafka's queue: at most every record
+    /// in flight can be refused.
     refused: Mutex<Vec<RefusedRecord>>,
+    /// Refused for a fault of the topic, in report order (per partition, send order).
+    /// Bounded the same way.
+    held: Mutex<Vec<RefusedRecord>>,
     /// Woken by every delivery report: room in the queue, or a failure to look at.
     delivered: Arc<Notify>,
 }
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        // Broker connection errors land here; librdkafka retries them itself.
+        // Broker connection errors land here; librdkafka retries them itself, bad
+        // credentials included: those the relay stops on (see crate::policy).
+        let code = error.rdkafka_error_code();
+        if matches!(
+            code,
+            Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+        ) {
+            error!(error = %error, reason, principal = %self.principal, "kafka refused the relay's credentials");
+            self.credentials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(|| reason.to_owned());
+            self.health.set_kafka_up(false);
+            self.delivered.notify_one();
+            return;
+        }
         warn!(error = %error, reason, "kafka client error");
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
             self.health.set_kafka_up(false);
@@ -141,9 +178,10 @@ impl ClientContext for DeliveryContext {
 }
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = Box<InFlight>;
+    type DeliveryOpaque = Box<Sent>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, in_flight: Box<InFlight>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
+        let Sent { order, in_flight } = *sent;
         let seq = in_flight.event.seq;
         self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
         match result {
@@ -158,20 +196,33 @@ impl ProducerContext for DeliveryContext {
             Err((e, message)) => {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
                 let topic = message.topic().to_owned();
-                if crate::policy::is_row_specific(code) {
-                    warn!(%topic, error = %e, "broker refused a record");
-                    self.refused
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(RefusedRecord {
-                            in_flight: *in_flight,
-                            topic,
-                            code,
-                        });
-                } else {
-                    error!(%topic, error = %e, "delivery failed");
-                    self.record_failure(topic, code, seq);
-                }
+                let queue = match crate::policy::refused(code) {
+                    crate::policy::Action::DeadLetter => {
+                        warn!(%topic, error = %e, "broker refused a record");
+                        &self.refused
+                    }
+                    // Every queued record of the topic comes back this way: the hold logs
+                    // once per topic instead (see super::hold).
+                    crate::policy::Action::Hold => {
+                        debug!(%topic, error = %e, "broker refused the topic; holding the record");
+                        &self.held
+                    }
+                    _ => {
+                        error!(%topic, error = %e, "delivery failed");
+                        self.record_failure(topic, code, seq);
+                        self.delivered.notify_one();
+                        return;
+                    }
+                };
+                queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(RefusedRecord {
+                        in_flight,
+                        order,
+                        topic,
+                        code,
+                    });
             }
         }
         self.delivered.notify_one();
@@ -211,6 +262,8 @@ impl DeliveryContext {
 #[allow(missing_debug_implementations)]
 pub struct EventProducer {
     producer: ThreadedProducer<DeliveryContext>,
+    /// The next record's place in send order.
+    next_order: AtomicU64,
     delivered: Arc<Notify>,
 }
 
@@ -229,7 +282,10 @@ impl EventProducer {
             connects: AtomicU64::new(0),
             last_report_ms: AtomicU64::new(unix_millis()),
             failure: Mutex::new(None),
+            credentials: Mutex::new(None),
+            principal: crate::policy::principal(&kafka.properties),
             refused: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
         };
         let producer = properties::producer_config(kafka)
@@ -237,6 +293,7 @@ impl EventProducer {
             .map_err(PublishError::Client)?;
         Ok(EventProducer {
             producer,
+            next_order: AtomicU64::new(0),
             delivered,
         })
     }
@@ -249,6 +306,27 @@ impl EventProducer {
         record: &OutboundRecord,
         in_flight: InFlight,
     ) -> Result<(), PublishError> {
+        self.try_send(record, in_flight).await.map_err(|(e, _)| e)
+    }
+
+    /// [`EventProducer::send`], handing `in_flight` back when librdkafka refuses the
+    /// record at once (so a held record can be sent again later).
+    pub async fn try_send(
+        &self,
+        record: &OutboundRecord,
+        in_flight: InFlight,
+    ) -> Result<(), (PublishError, InFlight)> {
+        let order = self.next_order.fetch_add(1, Ordering::Relaxed);
+        self.send_as(record, in_flight, order).await
+    }
+
+    /// [`EventProducer::try_send`] for a held record, keeping its place in send order.
+    pub async fn send_as(
+        &self,
+        record: &OutboundRecord,
+        in_flight: InFlight,
+        order: u64,
+    ) -> Result<(), (PublishError, InFlight)> {
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -256,11 +334,13 @@ impl EventProducer {
                 value: Some(value.as_ref()),
             });
         }
-        let mut opaque = Box::new(in_flight);
+        let mut opaque = Box::new(Sent { order, in_flight });
         loop {
-            self.check_failures()?;
+            if let Err(e) = self.check_failures() {
+                return Err((e, opaque.in_flight));
+            }
             let mut message =
-                BaseRecord::<[u8], [u8], Box<InFlight>>::with_opaque_to(&record.topic, opaque)
+                BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque)
                     .headers(headers.clone());
             if let Some(key) = &record.key {
                 message = message.key(key.as_ref());
@@ -272,16 +352,40 @@ impl EventProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
                     opaque = refused.delivery_opaque;
-                    let _ = tokio::time::timeout(QUEUE_FULL_WAIT, self.delivered.notified()).await;
+                    self.wait_report(QUEUE_FULL_WAIT).await;
                 }
-                Err((e, _)) => {
-                    return Err(PublishError::Produce {
+                Err((e, refused)) => {
+                    let error = PublishError::Produce {
                         topic: record.topic.to_string(),
                         source: e,
-                    })
+                    };
+                    return Err((error, refused.delivery_opaque.in_flight));
                 }
             }
         }
+    }
+
+    /// Waits for the next delivery report, at most `limit`.
+    pub async fn wait_report(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.delivered.notified()).await;
+    }
+
+    /// Whether this producer's own metadata lists `topic`'s partitions now (one metadata
+    /// request). A topic the broker refuses may have lost them (librdkafka drops the
+    /// partitions of a topic whose metadata carries an error): records sent before they
+    /// are back would wait in the unassigned queue and could be overtaken (see
+    /// [`EventProducer::wait_for_topic`]).
+    pub async fn knows_partitions(&self, topic: &str) -> bool {
+        let producer = self.producer.clone();
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(5))
+                .is_ok_and(|m| !super::partitions_of(&m, &topic).is_empty())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Waits until this producer's own metadata lists `topic`'s partitions.
@@ -326,8 +430,44 @@ impl EventProducer {
         )
     }
 
+    /// Records the broker refused for a fault of their topic since the last call, in
+    /// report order, to be held and sent again.
+    pub fn take_held(&self) -> Vec<RefusedRecord> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Whether records refused for a fault of their topic wait to be sent again.
+    pub fn has_held(&self) -> bool {
+        !self
+            .producer
+            .context()
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
     /// The first delivery librdkafka gave up on, as an error.
     pub fn check_failures(&self) -> Result<(), PublishError> {
+        let context = self.producer.context();
+        let credentials = context
+            .credentials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(reason) = credentials {
+            return Err(PublishError::Credentials {
+                principal: context.principal.clone(),
+                reason,
+            });
+        }
         let failure = self
             .producer
             .context()
@@ -338,6 +478,17 @@ impl EventProducer {
         match failure {
             Some(failed) => Err(PublishError::Delivery(failed)),
             None => Ok(()),
+        }
+    }
+
+    /// Resolves with the first failure [`EventProducer::check_failures`] reports, to race
+    /// against work that would otherwise wait for a broker that will never take it.
+    pub async fn failed(&self) -> PublishError {
+        loop {
+            if let Err(e) = self.check_failures() {
+                return e;
+            }
+            self.wait_report(FAILURE_POLL).await;
         }
     }
 

@@ -70,7 +70,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("client.id", "outbox-relay"),
     // Broker state, round trips and queue depth for metrics and readiness.
     ("statistics.interval.ms", "1000"),
+    (REBOOTSTRAP_KEY, REBOOTSTRAP_AFTER_MS),
 ];
+
+/// librdkafka forgets every broker that a metadata response leaves out. A broker in
+/// controlled shutdown (SIGTERM) leaves itself out, so after a single-node cluster (or
+/// every broker the client knew) restarts, librdkafka knows no broker at all and only
+/// bootstraps again after this long: 300 s by default, during which nothing is delivered
+/// (the broker-restart scenario of the fault suite saw exactly that). 10 s is what the
+/// relay waits instead; the user may set another value.
+pub const REBOOTSTRAP_KEY: &str = "metadata.recovery.rebootstrap.trigger.ms";
+pub const REBOOTSTRAP_AFTER_MS: &str = "10000";
 
 /// Checks `[kafka.properties]`; the error names the property and the reason.
 pub fn check_user_properties(properties: &BTreeMap<String, String>) -> Result<(), String> {
@@ -153,6 +163,11 @@ pub fn connection_config(kafka: &KafkaConfig) -> ClientConfig {
             config.set(key, value);
         }
     }
+    let rebootstrap = kafka.properties.get(REBOOTSTRAP_KEY);
+    config.set(
+        REBOOTSTRAP_KEY,
+        rebootstrap.map_or(REBOOTSTRAP_AFTER_MS, String::as_str),
+    );
     config
 }
 
@@ -207,5 +222,7 @@ mod tests {
         let connection = connection_config(&kafka);
         assert_eq!(connection.get("sasl.username"), Some("relay"));
         assert_eq!(connection.get("linger.ms"), None);
+        assert_eq!(config.get(REBOOTSTRAP_KEY), Some(REBOOTSTRAP_AFTER_MS));
+        assert_eq!(connection.get(REBOOTSTRAP_KEY), Some(REBOOTSTRAP_AFTER_MS));
     }
 }

@@ -494,15 +494,23 @@ fn read_topics(
         return;
     };
     let _ = tx.send(Err("assigned; reading".to_string()));
+    // While nothing arrives, a status every second, so a `done` that depends on time
+    // (nothing new for a while) is evaluated again.
+    let mut last_sent = Instant::now();
     while !tx.is_closed() {
         let record = match consumer.poll(Duration::from_millis(100)) {
-            None => continue,
+            None if last_sent.elapsed() < IDLE_STATUS_EVERY => continue,
+            None => Err("reading; nothing new".to_string()),
             Some(Err(e)) => Err(format!("consumer error: {e}")),
             Some(Ok(m)) => Ok(received(&m)),
         };
+        last_sent = Instant::now();
         let _ = tx.send(record);
     }
 }
+
+/// How often an idle reader reports that it is still reading.
+const IDLE_STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// A consumer assigned to every partition of `topics` from the beginning, once they exist;
 /// `None` when nobody is waiting any more.
@@ -570,6 +578,38 @@ fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, St
             t.and_then(|t| t.error())
         )),
     }
+}
+
+/// Runs one of Kafka's command-line tools (`org.apache.kafka.tools.AclCommand`, ...) from
+/// the installed jars and returns its output; panics if it fails. For what rdkafka has no
+/// API for, such as ACLs.
+pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    let script = broker_script();
+    let libs = Command::new("bash")
+        .arg("-c")
+        .arg(r#"source "$1"; echo "${KAFKA_LIBS:-$KAFKA_HOME_DEFAULT/libs}""#)
+        .arg("kafka-libs")
+        .arg(script.with_file_name("version.sh"))
+        .output()
+        .expect("read scripts/kafka/version.sh");
+    let libs = String::from_utf8_lossy(&libs.stdout).trim().to_owned();
+    let output = Command::new("java")
+        .arg("-cp")
+        .arg(format!("{libs}/*"))
+        .arg(class)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run java");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{class} {args:?}: {}
+{stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// `scripts/kafka/broker.sh` of this repository (the crate may be a workspace member).

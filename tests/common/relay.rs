@@ -52,6 +52,17 @@ impl RelayProcess {
 
     /// [`RelayProcess::start`] with an explicit `RUST_LOG` filter.
     pub fn start_logging(config: &Path, log_dir: &Path, level: &str) -> RelayProcess {
+        RelayProcess::start_with_env(config, log_dir, level, &[])
+    }
+
+    /// [`RelayProcess::start_logging`] with more environment variables (secrets the
+    /// config reads as `${NAME}`).
+    pub fn start_with_env(
+        config: &Path,
+        log_dir: &Path,
+        level: &str,
+        env: &[(&str, &str)],
+    ) -> RelayProcess {
         static STARTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = log_dir.join(format!("relay-{n}.log"));
@@ -60,6 +71,7 @@ impl RelayProcess {
             .args(["run", "--config"])
             .arg(config)
             .env("RUST_LOG", level)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)

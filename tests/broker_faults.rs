@@ -1,0 +1,419 @@
+//! Faults of the Kafka broker itself, in the fault suite's style (one `chaos:` line per
+//! scenario, short sizes in CI, full sizes with `CHAOS_FULL=1`):
+//!
+//! * the broker stopped gracefully (SIGTERM) or SIGKILLed mid-stream and started again on
+//!   the same log dirs: librdkafka reconnects by itself, nothing is lost and nothing
+//!   dead-lettered, duplicates are counted;
+//! * the relay's principal losing Write on its topic mid-stream (a broker with ACLs and a
+//!   SCRAM listener): the relay holds that topic (readiness 503, the blocked gauge, one
+//!   error line naming the fix) instead of dead-lettering every row, the slot stays before
+//!   the first refused row, and once Write comes back every row arrives in per-key order.
+//!
+//! A real broker restart differs from the proxy cuts of `tests/chaos.rs`: the broker loses
+//! its in-memory producer state and partition leadership, so the idempotent producer has
+//! to be accepted again by a broker that rebuilt both from its logs.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::chaos::{paced_writer, Figures, Scale, Stage};
+use common::kafka::{Broker, BrokerOptions};
+use common::pg::PgCluster;
+use common::relay::RelayProcess;
+use common::workload::seq_of;
+use common::{confirmed_flush, wait_for};
+
+fn pg_address(cluster: &PgCluster) -> String {
+    format!("127.0.0.1:{}", cluster.port())
+}
+
+/// Rows per second so that a stream of `total` rows lasts about `seconds`.
+fn rate(total: i64, seconds: u64) -> u64 {
+    (total as u64 / seconds.max(1)).max(100)
+}
+
+/// How the broker goes down.
+#[derive(Debug, Clone, Copy)]
+enum Down {
+    /// SIGTERM: a controlled shutdown, logs flushed.
+    Stop,
+    /// SIGKILL: no shutdown at all; what it acknowledged is in the page cache.
+    Kill,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_graceful_restarts_mid_stream_lose_nothing() {
+    broker_restarts(Down::Stop, "brokerstop", "broker restart (SIGTERM)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_sigkills_and_restarts_mid_stream_lose_nothing() {
+    broker_restarts(Down::Kill, "brokerkill", "broker restart (SIGKILL)").await;
+}
+
+async fn broker_restarts(down: Down, name: &str, scenario: &str) {
+    let scale = Scale::from_env();
+    let (total, restarts) = scale.pick((10_000, 1), (100_000, 5));
+    let cluster = PgCluster::shared();
+    // Its own broker: the shared one must stay up for the other scenarios.
+    let broker = tokio::task::block_in_place(Broker::start);
+    let stage = Stage::new(cluster, name).await;
+    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let writer = paced_writer(
+        cluster.client(&stage.db).await,
+        total,
+        rate(total, 6 * restarts),
+    );
+
+    let mut figures = Figures::default();
+    let mut longest_down = Duration::ZERO;
+    for _ in 0..restarts {
+        // Mid-stream: the relay has delivered part of the stream and has more in flight.
+        wait_for(
+            "the relay to deliver part of the stream",
+            Duration::from_secs(60),
+            || async { (delivered(&relay) > 0).then_some(()) },
+        )
+        .await;
+        figures.sample_rss(&relay);
+        let went_down = Instant::now();
+        tokio::task::block_in_place(|| {
+            match down {
+                Down::Stop => broker.stop(),
+                Down::Kill => broker.kill(),
+            }
+            broker.restart();
+        });
+        longest_down = longest_down.max(went_down.elapsed());
+        stage.fault_ended(&mut figures).await;
+    }
+    writer.await.unwrap();
+    stage.tally(&mut figures, &broker, total).await;
+    figures.sample_rss(&relay);
+    assert!(
+        relay.is_running(),
+        "rode out every restart:\n{}",
+        relay.log()
+    );
+    assert_dead_lettered_nothing(&relay);
+    figures.extra = format!("broker down max {:.1} s", longest_down.as_secs_f64());
+    figures.report(scenario);
+}
+
+/// `outbox_relay_events_total` summed over its series.
+fn delivered(relay: &RelayProcess) -> u64 {
+    let Ok((200, metrics)) = relay.try_admin_get("/metrics") else {
+        return 0;
+    };
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("outbox_relay_events_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+fn assert_dead_lettered_nothing(relay: &RelayProcess) {
+    let (_, metrics) = relay.admin_get("/metrics");
+    assert!(
+        !metrics.contains("outbox_relay_events_dead_lettered_total{"),
+        "broker faults dead-letter nothing:\n{metrics}"
+    );
+    assert!(
+        !relay.log().contains("dead-lettering row"),
+        "broker faults dead-letter nothing:\n{}",
+        relay.log()
+    );
+}
+
+/// SCRAM passwords, set when the broker's storage is formatted.
+const ADMIN_PASSWORD: &str = "admin-secret";
+const RELAY_PASSWORD: &str = "relay-secret";
+
+/// A broker that authorizes: `StandardAuthorizer`, a `SASL_PLAINTEXT` listener with
+/// SCRAM-SHA-512 users `admin` (a super user) and `relay` (only its ACLs). The PLAINTEXT
+/// listener carries the controller and inter-broker traffic, and the harness's own
+/// clients, as `User:ANONYMOUS`, so that principal is a super user too; the relay only
+/// ever uses the SASL listener.
+fn acl_broker_options() -> BrokerOptions {
+    BrokerOptions {
+        properties: [
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users=User:admin;User:ANONYMOUS",
+            "allow.everyone.if.no.acl.found=false",
+            "sasl.enabled.mechanisms=SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\
+             org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        ]
+        .join("\n"),
+        format_args: format!(
+            "--add-scram SCRAM-SHA-512=[name=admin,password={ADMIN_PASSWORD}] \
+             --add-scram SCRAM-SHA-512=[name=relay,password={RELAY_PASSWORD}]"
+        ),
+        listeners: vec!["SASL_PLAINTEXT://127.0.0.1:{port}".into()],
+        admin_client: Vec::new(),
+    }
+}
+
+/// Changes ACLs with Kafka's `AclCommand` as the `admin` super user over SASL (rdkafka has
+/// no ACL API).
+struct Acls {
+    bootstrap: String,
+    command_config: std::path::PathBuf,
+}
+
+impl Acls {
+    fn new(broker: &Broker, dir: &Path) -> Acls {
+        let command_config = dir.join("admin.properties");
+        std::fs::write(
+            &command_config,
+            format!(
+                "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=SCRAM-SHA-512\n\
+                 sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule \
+                 required username=\"admin\" password=\"{ADMIN_PASSWORD}\";\n"
+            ),
+        )
+        .unwrap();
+        Acls {
+            bootstrap: format!("127.0.0.1:{}", broker.listener_port(0)),
+            command_config,
+        }
+    }
+
+    fn run(&self, args: &[&str]) {
+        let config = self.command_config.display().to_string();
+        let mut all = vec![
+            "--bootstrap-server",
+            &self.bootstrap,
+            "--command-config",
+            &config,
+        ];
+        all.extend_from_slice(args);
+        tokio::task::block_in_place(|| {
+            common::kafka::kafka_tool("org.apache.kafka.tools.AclCommand", &all)
+        });
+    }
+}
+
+/// Writes seqs `0..total` like [`paced_writer`], recording each transaction's first seq and
+/// an upper bound of its commit LSN, so the test can tell which rows the slot has passed.
+fn recorded_writer(
+    client: tokio_postgres::Client,
+    total: i64,
+    per_second: u64,
+    written: std::sync::Arc<std::sync::Mutex<Vec<(i64, outbox_relay::replication::Lsn)>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        const CHUNK: i64 = 500;
+        let pause = Duration::from_secs_f64(CHUNK as f64 / per_second.max(1) as f64);
+        let mut next = tokio::time::Instant::now();
+        for from in (0..total).step_by(CHUNK as usize) {
+            let txns = common::workload::write_seq(&client, from, (from + CHUNK).min(total)).await;
+            written.lock().unwrap().extend(txns);
+            // Pacing sets the workload's rate; it synchronises nothing.
+            next += pause;
+            tokio::time::sleep_until(next).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_write_holds_the_topic_and_dead_letters_nothing() {
+    let scale = Scale::from_env();
+    // Full: blocked for over a minute, so the error line repeats once.
+    let (total, blocked_secs) = scale.pick((8_000, 8), (60_000, 75));
+    let cluster = PgCluster::shared();
+    let broker = tokio::task::block_in_place(|| Broker::start_with_options(acl_broker_options()));
+    let stage = Stage::new(cluster, "aclhold").await;
+    let topic = stage.topic.clone();
+    let prefix = format!("{}.", topic.trim_end_matches(".outbox.event.order"));
+    let acls = Acls::new(&broker, stage.dir.path());
+    // The relay may create, describe and write every topic of this scenario (its topic,
+    // the marker topic, the DLQ).
+    acls.run(&[
+        "--add",
+        "--allow-principal",
+        "User:relay",
+        "--operation",
+        "Write",
+        "--operation",
+        "Describe",
+        "--operation",
+        "Create",
+        "--topic",
+        &prefix,
+        "--resource-pattern-type",
+        "prefixed",
+    ]);
+    let sasl_bootstrap = format!("127.0.0.1:{}", broker.listener_port(0));
+    let config = stage.config("relay.toml", &pg_address(cluster), &sasl_bootstrap);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text += &format!(
+        "\n[dlq]\ntopic = \"{prefix}dlq\"\n\n[kafka.properties]\n\
+         \"security.protocol\" = \"SASL_PLAINTEXT\"\n\"sasl.mechanism\" = \"SCRAM-SHA-512\"\n\
+         \"sasl.username\" = \"relay\"\n\"sasl.password\" = \"${{KAFKA_PASSWORD}}\"\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut relay = RelayProcess::start_with_env(
+        &config,
+        stage.dir.path(),
+        "info,rdkafka=warn",
+        &[("KAFKA_PASSWORD", RELAY_PASSWORD)],
+    );
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writer = recorded_writer(
+        cluster.client(&stage.db).await,
+        total,
+        rate(total, 2 * blocked_secs + 10),
+        written.clone(),
+    );
+    wait_for(
+        "the relay to deliver part of the stream",
+        Duration::from_secs(60),
+        || async { (delivered(&relay) > 0).then_some(()) },
+    )
+    .await;
+
+    // Mid-stream, the relay's principal loses Write on its topic (a deny beats the allow).
+    let deny = [
+        "--deny-principal",
+        "User:relay",
+        "--operation",
+        "Write",
+        "--topic",
+        topic.as_str(),
+    ];
+    acls.run(&[&["--add"][..], &deny].concat());
+    let revoked = Instant::now();
+    let fix = format!("grant Write on topic {topic} to principal User:relay");
+    let gauge = format!("outbox_relay_topic_blocked{{topic=\"{topic}\"}}");
+    wait_for(
+        "the relay to report the topic blocked",
+        Duration::from_secs(60),
+        || {
+            let ready = relay.try_admin_get("/readyz");
+            let metrics = relay.try_admin_get("/metrics");
+            let blocked = ready.is_ok_and(|(status, body)| status == 503 && body.contains(&fix))
+                && metrics.is_ok_and(|(_, m)| m.contains(&format!("{gauge} 1")));
+            async move { blocked.then_some(()) }
+        },
+    )
+    .await;
+    // The fault lasts a while, with rows still being written (its length is the fault,
+    // not a synchronisation).
+    tokio::time::sleep(Duration::from_secs(blocked_secs).saturating_sub(revoked.elapsed())).await;
+
+    // The slot has not passed a row Kafka does not have: every transaction at or below the
+    // confirmed LSN is on the topic. (Nothing reaches the topic meanwhile, so reading it
+    // after taking the LSN is exact.)
+    let confirmed = confirmed_flush(&stage.admin, &stage.slot).await;
+    let txns = written.lock().unwrap().clone();
+    let passed: std::collections::HashSet<i64> = txns
+        .iter()
+        .filter(|(_, lsn)| *lsn <= confirmed)
+        .flat_map(|(start, _)| *start..(*start + 100).min(total))
+        .collect();
+    assert!(
+        txns.iter().any(|(_, lsn)| *lsn > confirmed),
+        "the slot stopped before rows written during the block (confirmed {confirmed})"
+    );
+    let mut missing = passed.clone();
+    let mut checked = 0;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    broker
+        .consume_until(&[&topic], Duration::from_secs(60), |records| {
+            for record in &records[checked..] {
+                missing.remove(&seq_of(record));
+            }
+            checked = records.len();
+            missing.is_empty() || Instant::now() > give_up
+        })
+        .await;
+    assert!(
+        missing.is_empty(),
+        "the slot (confirmed {confirmed}) passed {} rows that are not on the topic",
+        missing.len()
+    );
+    assert_dead_lettered_nothing(&relay);
+
+    // Write comes back: the held rows and everything after them flow, in order.
+    acls.run(&[&["--remove", "--force"][..], &deny].concat());
+    let granted = Instant::now();
+    wait_for(
+        "the relay to take the topic up again",
+        Duration::from_secs(60),
+        || {
+            let ready = relay.try_admin_get("/readyz").is_ok_and(|(s, _)| s == 200);
+            let metrics = relay.try_admin_get("/metrics");
+            let flowing = ready && metrics.is_ok_and(|(_, m)| m.contains(&format!("{gauge} 0")));
+            async move { flowing.then_some(()) }
+        },
+    )
+    .await;
+    let mut figures = Figures::default();
+    stage.fault_ended_at(&mut figures, granted).await;
+    writer.await.unwrap();
+    stage.tally(&mut figures, &broker, total).await;
+    figures.sample_rss(&relay);
+    assert!(relay.is_running(), "held, never stopped:\n{}", relay.log());
+    assert_dead_lettered_nothing(&relay);
+    assert_per_key_order(&broker, &topic, total).await;
+
+    // One error line per minute while blocked, naming the fix.
+    let log = relay.log();
+    let alerts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("kafka refuses the topic"))
+        .collect();
+    let blocked_for = granted.duration_since(revoked);
+    let most = 1 + blocked_for.as_secs() as usize / 60;
+    assert!(
+        (1..=most).contains(&alerts.len()) && alerts.iter().all(|l| l.contains(&fix)),
+        "expected 1..={most} error lines naming the fix over {blocked_for:?}:\n{log}"
+    );
+    figures.extra = format!(
+        "Write revoked {:.0} s, {} error lines",
+        blocked_for.as_secs_f64(),
+        alerts.len()
+    );
+    figures.report("topic Write revoked + granted");
+}
+
+/// Per key, the records of `topic` in Kafka's order (by offset within a partition) carry
+/// increasing seqs; a duplicate may repeat an earlier one but never overtake.
+async fn assert_per_key_order(broker: &Broker, topic: &str, total: i64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut checked = 0;
+    let mut records = broker
+        .consume_until(&[topic], Duration::from_secs(120), |records| {
+            seen.extend(records[checked..].iter().map(seq_of));
+            checked = records.len();
+            seen.len() as i64 >= total
+        })
+        .await;
+    records.sort_by_key(|r| (r.partition, r.offset));
+    let mut last: HashMap<Vec<u8>, i64> = HashMap::new();
+    for record in &records {
+        let seq = seq_of(record);
+        let key = record.key.clone().expect("key");
+        let previous = last.entry(key.clone()).or_insert(-1);
+        if seq > *previous {
+            *previous = seq;
+        } else {
+            // Only a resend of something already delivered may come later.
+            assert!(
+                records.iter().any(|r| r.key.as_ref() == Some(&key)
+                    && seq_of(r) == seq
+                    && r.offset < record.offset),
+                "key {}: seq {seq} after seq {previous} at offset {}",
+                String::from_utf8_lossy(&key),
+                record.offset
+            );
+        }
+    }
+}
