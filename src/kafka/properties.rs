@@ -77,8 +77,11 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 /// controlled shutdown (SIGTERM) leaves itself out, so after a single-node cluster (or
 /// every broker the client knew) restarts, librdkafka knows no broker at all and only
 /// bootstraps again after this long: 300 s by default, during which nothing is delivered
-/// (the broker-restart scenario of the fault suite saw exactly that). 10 s is what the
-/// relay waits instead; the user may set another value.
+/// (the broker-restart scenario of the fault suite saw exactly that). A broker fenced by
+/// its controller is left out the same way: a single-node cluster paused past
+/// `broker.session.timeout.ms` fences its own broker when it resumes (the frozen-broker
+/// scenario hung on it). 10 s is what the relay waits instead; the user may set another
+/// value.
 pub const REBOOTSTRAP_KEY: &str = "metadata.recovery.rebootstrap.trigger.ms";
 pub const REBOOTSTRAP_AFTER_MS: &str = "10000";
 
@@ -122,25 +125,11 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
-/// Defaults of every client (producer, admin, consumers) a user may override.
-///
-/// A broker fenced by its controller (e.g. one paused past `broker.session.timeout.ms`) is
-/// left out of metadata responses, and librdkafka then forgets it. With every known broker
-/// gone it bootstraps again, but by default only after 5 minutes without metadata, and the
-/// relay would sit idle that long (seen in the fault suite: a single-node cluster frozen
-/// for 10 s fences its broker on thaw). Bootstrapping again is cheap, so do it after 5 s.
-pub const CLIENT_DEFAULTS: &[(&str, &str)] =
-    &[("metadata.recovery.rebootstrap.trigger.ms", "5000")];
-
 /// Connection settings shared by the producer, the admin client and consumers: the
-/// bootstrap servers, [`CLIENT_DEFAULTS`] and every user property (security settings
-/// among them).
+/// bootstrap servers and every user property (security settings among them).
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.bootstrap_servers);
-    for (key, value) in CLIENT_DEFAULTS {
-        config.set(*key, *value);
-    }
     for (key, value) in &kafka.properties {
         config.set(key, value);
     }

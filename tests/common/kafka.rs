@@ -494,23 +494,15 @@ fn read_topics(
         return;
     };
     let _ = tx.send(Err("assigned; reading".to_string()));
-    // While nothing arrives, a status every second, so a `done` that depends on time
-    // (nothing new for a while) is evaluated again.
-    let mut last_sent = Instant::now();
     while !tx.is_closed() {
         let record = match consumer.poll(Duration::from_millis(100)) {
-            None if last_sent.elapsed() < IDLE_STATUS_EVERY => continue,
-            None => Err("reading; nothing new".to_string()),
+            None => continue,
             Some(Err(e)) => Err(format!("consumer error: {e}")),
             Some(Ok(m)) => Ok(received(&m)),
         };
-        last_sent = Instant::now();
         let _ = tx.send(record);
     }
 }
-
-/// How often an idle reader reports that it is still reading.
-const IDLE_STATUS_EVERY: Duration = Duration::from_secs(1);
 
 /// A consumer assigned to every partition of `topics` from the beginning, once they exist;
 /// `None` when nobody is waiting any more.
