@@ -55,7 +55,7 @@ install_kafka() {
   local started=$SECONDS
   rm -rf "$KAFKA_HOME_DEFAULT"
   mkdir -p "$KAFKA_HOME_DEFAULT"
-  mvn -q -B -f "$(dirname "${BASH_SOURCE[0]}")/../kafka/pom.xml" \
+  mvn -q -B -Dstyle.color=never -f "$(dirname "${BASH_SOURCE[0]}")/../kafka/pom.xml" \
     -Dkafka.version="$KAFKA_VERSION" dependency:copy-dependencies \
     -DincludeScope=runtime -DoutputDirectory="$KAFKA_LIBS"
   touch "$KAFKA_HOME_DEFAULT/.complete"
