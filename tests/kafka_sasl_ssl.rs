@@ -11,7 +11,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -20,23 +19,10 @@ use common::kafka::{Broker, BrokerOptions};
 use common::pg::PgCluster;
 use common::relay::RelayProcess;
 use common::workload::{seq_of, write_seq};
-use common::{confirmed_flush, marker, wait_for};
+use common::{confirmed_flush, marker, openssl, wait_for};
 
 /// Long and unusual, so a match in a log cannot be a coincidence.
 const PASSWORD: &str = "s3cret-Scram-512-pw-7f1c2e";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA (`ca.pem`) and, signed by it, the broker's key and certificate for 127.0.0.1 in
 /// one PEM file (`broker.pem`, unencrypted PKCS#8 key first), as `ssl.keystore.type=PEM`

@@ -6,22 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::openssl;
 use common::pg::{PgCluster, PgOptions};
 use outbox_relay::replication::ReplicationConnection;
 use outbox_relay::tls::split_url;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA, and a server certificate for `localhost` only (not 127.0.0.1).
 fn make_certificates(dir: &Path) {

@@ -164,6 +164,21 @@ where
     }
 }
 
+/// Runs the openssl CLI in `dir` (tests make their certificates with it); panics with its
+/// stderr on failure.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A tiny deterministic PRNG (xorshift64*), so test workloads are reproducible.
 pub struct Rng(pub u64);
 
