@@ -32,6 +32,8 @@ pub const STANDBY: &str = "outbox_relay_standby";
 pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 /// Reconnections, by target.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
+/// Times the Kafka client was given its bootstrap servers again (see `kafka::rebootstrap`).
+pub const KAFKA_REBOOTSTRAPS: &str = "outbox_relay_kafka_rebootstraps_total";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 /// Average broker round-trip time from librdkafka's statistics, by broker.
@@ -110,6 +112,10 @@ pub fn describe() {
         "1 while the broker refuses the topic (authorization, deleted, policy, size) and the relay holds its records; 0 once it takes them again"
     );
     describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
+    describe_counter!(
+        KAFKA_REBOOTSTRAPS,
+        "Times the Kafka client had lost every broker and was given its bootstrap servers again"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
     describe_gauge!(
         KAFKA_BROKER_RTT,

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use common::chaos::{paced_writer, Figures, Scale, Stage};
 use common::kafka::{Broker, BrokerOptions};
 use common::pg::PgCluster;
+use common::proxy::FaultProxy;
 use common::relay::RelayProcess;
 use common::workload::seq_of;
 use common::{confirmed_flush, wait_for};
@@ -105,6 +106,96 @@ async fn broker_restarts(down: Down, name: &str, scenario: &str) {
     figures.report(scenario);
 }
 
+/// A broker fenced by its controller answers metadata with no broker at all: it is not
+/// alive in its own cluster's eyes. librdkafka 2.12 then forgets every broker, bootstrap
+/// ones included, and never asks again (librdkafka#5301). A single-node broker paused past
+/// `broker.session.timeout.ms` hits this for a few milliseconds after it resumes, which
+/// made the frozen-broker chaos scenario hang now and then. Here the window is held open:
+/// the broker's heartbeats to its controller go through a proxy that stalls them, so the
+/// controller fences it and keeps it fenced while the relay's records queue up. The relay
+/// must give librdkafka its bootstrap servers back (`outbox_relay_kafka_rebootstraps_total`)
+/// and deliver everything once the heartbeats flow again; before that fix it hung for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_fenced_by_its_controller_loses_nothing() {
+    let scale = Scale::from_env();
+    let (total, fencings) = scale.pick((8_000, 1), (40_000, 3));
+    let cluster = PgCluster::shared();
+    let controller_port = common::kafka::free_port();
+    let heartbeats = FaultProxy::to(format!("127.0.0.1:{controller_port}")).await;
+    let broker = tokio::task::block_in_place(|| {
+        Broker::start_with_options(BrokerOptions {
+            // The broker reaches its controller (itself) at the voter's address: the proxy.
+            properties: format!(
+                "controller.quorum.voters=1@{}\nbroker.session.timeout.ms=6000",
+                heartbeats.address()
+            ),
+            controller_port: Some(controller_port),
+            ..BrokerOptions::default()
+        })
+    });
+    let stage = Stage::new(cluster, "brokerfence").await;
+    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let writer = paced_writer(
+        cluster.client(&stage.db).await,
+        total,
+        rate(total, 20 * fencings),
+    );
+
+    let mut figures = Figures::default();
+    for fencing in 1..=fencings {
+        wait_for(
+            "the relay to deliver part of the stream",
+            Duration::from_secs(60),
+            || async { (delivered(&relay) > 0).then_some(()) },
+        )
+        .await;
+        heartbeats.stall();
+        wait_for(
+            "the controller to fence the broker",
+            Duration::from_secs(60),
+            || async { (fenced(&broker) as u64 >= fencing).then_some(()) },
+        )
+        .await;
+        // The fault's length, not a synchronisation: fenced for a while with records queued.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        heartbeats.resume();
+        stage.fault_ended(&mut figures).await;
+    }
+    writer.await.unwrap();
+    stage.tally(&mut figures, &broker, total).await;
+    figures.sample_rss(&relay);
+    assert!(relay.is_running(), "rode out the fencing:\n{}", relay.log());
+    assert_dead_lettered_nothing(&relay);
+    let rebootstraps = rebootstraps(&relay);
+    assert!(
+        rebootstraps >= 1,
+        "the relay saw the fenced cluster list no broker and re-bootstrapped:\n{}",
+        relay.log()
+    );
+    figures.extra = format!("fenced {fencings}x, client re-bootstraps {rebootstraps}");
+    figures.report("broker fenced by its controller");
+}
+
+/// How many times the broker's controller fenced it for a lapsed session.
+fn fenced(broker: &Broker) -> usize {
+    std::fs::read_to_string(broker.dir().join("broker.log"))
+        .unwrap_or_default()
+        .matches("because its session has timed out")
+        .count()
+}
+
+/// `outbox_relay_kafka_rebootstraps_total`, 0 when never counted.
+fn rebootstraps(relay: &RelayProcess) -> u64 {
+    let (_, metrics) = relay.admin_get("/metrics");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("outbox_relay_kafka_rebootstraps_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
 /// `outbox_relay_events_total` summed over its series.
 fn delivered(relay: &RelayProcess) -> u64 {
     let Ok((200, metrics)) = relay.try_admin_get("/metrics") else {
@@ -155,7 +246,7 @@ fn acl_broker_options() -> BrokerOptions {
              --add-scram SCRAM-SHA-512=[name=relay,password={RELAY_PASSWORD}]"
         ),
         listeners: vec!["SASL_PLAINTEXT://127.0.0.1:{port}".into()],
-        admin_client: Vec::new(),
+        ..BrokerOptions::default()
     }
 }
 

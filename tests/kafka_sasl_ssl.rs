@@ -113,7 +113,7 @@ fn sasl_ssl_broker() -> &'static (Broker, tempfile::TempDir) {
             ),
             format_args: format!("--add-scram SCRAM-SHA-512=[name=relay,password={PASSWORD}]"),
             listeners: vec!["SASL_SSL://127.0.0.1:{port}".into()],
-            admin_client: Vec::new(),
+            ..BrokerOptions::default()
         });
         (broker, certs)
     })

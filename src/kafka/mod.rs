@@ -4,6 +4,7 @@
 pub mod hold;
 pub mod producer;
 pub mod properties;
+pub mod rebootstrap;
 pub mod topics;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -120,6 +120,8 @@ pub struct DeliveryContext {
     held: Mutex<Vec<RefusedRecord>>,
     /// Woken by every delivery report: room in the queue, or a failure to look at.
     delivered: Arc<Notify>,
+    /// Gives librdkafka its bootstrap servers back when it forgot every broker.
+    rebootstrap: super::rebootstrap::Rebootstrap,
 }
 
 impl ClientContext for DeliveryContext {
@@ -149,6 +151,7 @@ impl ClientContext for DeliveryContext {
     /// librdkafka's statistics (every `statistics.interval.ms`): broker state, round trip,
     /// transmit errors and queue depth.
     fn stats(&self, stats: Statistics) {
+        self.rebootstrap.check(&stats, unix_millis());
         let mut up = false;
         let mut connects = 0u64;
         for (name, broker) in &stats.brokers {
@@ -287,10 +290,13 @@ impl EventProducer {
             refused: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
             delivered: Arc::clone(&delivered),
+            rebootstrap: super::rebootstrap::Rebootstrap::new(&kafka.bootstrap_servers),
         };
-        let producer = properties::producer_config(kafka)
+        let producer: ThreadedProducer<DeliveryContext> = properties::producer_config(kafka)
             .create_with_context(context)
             .map_err(PublishError::Client)?;
+        let client = producer.client();
+        client.context().rebootstrap.attach(client.native_ptr());
         Ok(EventProducer {
             producer,
             next_order: AtomicU64::new(0),

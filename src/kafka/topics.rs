@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::info;
 
 use super::properties;
+use super::rebootstrap::{Rebootstrap, RebootstrapContext};
 use super::{EventProducer, PublishError};
 use crate::config::KafkaConfig;
 
 /// Topics the relay has confirmed, and the client that confirms them.
 #[allow(missing_debug_implementations)]
 pub struct TopicManager {
-    admin: AdminClient<DefaultClientContext>,
+    admin: AdminClient<RebootstrapContext>,
     known: HashSet<Arc<str>>,
     /// With creation off: when each missing topic was first found missing.
     missing_since: HashMap<Arc<str>, Instant>,
@@ -40,9 +40,14 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TopicManager {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
-        let admin = properties::connection_config(kafka)
-            .create()
+        let context = RebootstrapContext(Rebootstrap::new(&kafka.bootstrap_servers));
+        let admin: AdminClient<RebootstrapContext> = properties::connection_config(kafka)
+            // Only for the re-bootstrap watchdog (see super::rebootstrap).
+            .set("statistics.interval.ms", "1000")
+            .create_with_context(context)
             .map_err(PublishError::Client)?;
+        let client = admin.inner();
+        client.context().0.attach(client.native_ptr());
         Ok(TopicManager {
             admin,
             known: HashSet::new(),

@@ -74,6 +74,9 @@ pub struct BrokerOptions {
     /// Client properties for the harness's own admin client and probes (e.g. SASL),
     /// when PLAINTEXT is not open to them.
     pub admin_client: Vec<(String, String)>,
+    /// The controller listener's port, when the test must know it before the broker
+    /// starts (to put a proxy in front of it); a free one otherwise.
+    pub controller_port: Option<u16>,
 }
 
 /// One record as a consumer saw it.
@@ -320,7 +323,8 @@ impl Broker {
         extra: BrokerOptions,
     ) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir").keep();
-        let (port, controller_port) = (free_port(), free_port());
+        let port = free_port();
+        let controller_port = extra.controller_port.unwrap_or_else(free_port);
         // Unique per broker; in Kafka's form (16 bytes, URL-safe base64 without padding).
         let cluster_id = loop {
             let id = base64_url(uuid::Uuid::new_v4().as_bytes());
@@ -636,7 +640,7 @@ fn base64_url(bytes: &[u8]) -> String {
     out
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local addr").port()
 }
