@@ -158,7 +158,11 @@ impl Broker {
     /// The port of extra listener `index` of [`BrokerOptions::listeners`].
     pub fn listener_port(&self, index: usize) -> u16 {
         let text = std::fs::read_to_string(self.dir.join("listener-ports")).expect("ports");
-        text.split_whitespace().nth(index).expect("listener index").parse().unwrap()
+        text.split_whitespace()
+            .nth(index)
+            .expect("listener index")
+            .parse()
+            .unwrap()
     }
 
     /// SIGTERM (a controlled shutdown) and wait until the JVM is gone.
@@ -181,17 +185,26 @@ impl Broker {
                 return;
             }
             // Our old port still lingered; the broker exited: start it again.
-            assert!(Instant::now() < deadline, "broker did not restart:\n{}", self.log_tail());
+            assert!(
+                Instant::now() < deadline,
+                "broker did not restart:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
     }
 
     fn end(&self, signal: &str, timeout: Duration) {
         let pid = self.pid();
-        let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status();
         let deadline = Instant::now() + timeout;
         while self.state().is_some_and(|s| s != 'Z') {
-            assert!(Instant::now() < deadline, "broker {pid} ignored kill {signal}");
+            assert!(
+                Instant::now() < deadline,
+                "broker {pid} ignored kill {signal}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -296,7 +309,11 @@ impl Broker {
             .await
     }
 
-    fn spawn(script: &std::path::Path, advertised_port: Option<u16>, extra: BrokerOptions) -> Broker {
+    fn spawn(
+        script: &std::path::Path,
+        advertised_port: Option<u16>,
+        extra: BrokerOptions,
+    ) -> Broker {
         let dir = tempfile::tempdir().expect("temp dir").keep();
         let (port, controller_port) = (free_port(), free_port());
         // Unique per broker; in Kafka's form (16 bytes, URL-safe base64 without padding).
@@ -343,7 +360,10 @@ impl Broker {
         if !self.extra.listeners.is_empty() {
             let known = std::fs::read_to_string(self.dir.join("listener-ports")).ok();
             let ports: Vec<u16> = match known {
-                Some(text) => text.split_whitespace().map(|p| p.parse().unwrap()).collect(),
+                Some(text) => text
+                    .split_whitespace()
+                    .map(|p| p.parse().unwrap())
+                    .collect(),
                 None => self.extra.listeners.iter().map(|_| free_port()).collect(),
             };
             let text: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -366,7 +386,10 @@ impl Broker {
             );
         }
         let dir = self.dir.display().to_string();
-        let properties = format!("{listeners}{}", self.extra.properties.replace("{dir}", &dir));
+        let properties = format!(
+            "{listeners}{}",
+            self.extra.properties.replace("{dir}", &dir)
+        );
         let launcher = r#""$1" "$2" "$3" "$4" "$5" >>"$2/broker.log" 2>&1 & echo $!"#;
         let output = Command::new("sh")
             .args(["-c", launcher, "kafka-launch"])
@@ -381,7 +404,10 @@ impl Broker {
             .process_group(0)
             .output()
             .expect("launch broker.sh");
-        let pid = String::from_utf8_lossy(&output.stdout).trim().parse().expect("broker pid");
+        let pid = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .expect("broker pid");
         self.pid.store(pid, Ordering::SeqCst);
     }
 
@@ -549,7 +575,11 @@ fn broker_script() -> PathBuf {
         if script.is_file() {
             return script;
         }
-        assert!(dir.pop(), "scripts/kafka/broker.sh not found above {}", env!("CARGO_MANIFEST_DIR"));
+        assert!(
+            dir.pop(),
+            "scripts/kafka/broker.sh not found above {}",
+            env!("CARGO_MANIFEST_DIR")
+        );
     }
 }
 
@@ -558,7 +588,10 @@ fn base64_url(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
         for i in 0..=chunk.len() {
             out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
         }
