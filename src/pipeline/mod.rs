@@ -2,7 +2,7 @@
 //! in-process restarts and a graceful stop.
 //!
 //! Two tasks joined by one bounded channel of event batches: the [`crate::source`] task
-//! and the [`sink`]. The [`supervisor`] wires them, reconnects the source after every
+//! and the sink (`sink.rs`). The supervisor (`supervisor.rs`) wires them, reconnects the source after every
 //! retryable failure, and restarts the whole pipeline in-process, from the checkpoint,
 //! after any other retryable failure: a failure the policy calls retryable never ends the
 //! process. Exit 1 is only for what an operator must fix, and the error says what.
