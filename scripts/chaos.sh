@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The full fault suite (CI runs a short version of it with the other tests): SIGKILLs,
 # failover between two replicas, PostgreSQL and broker connection cuts and stalls, a
-# frozen broker, PostgreSQL restarts, and unsafe slots. Prints one line per scenario.
+# frozen broker, PostgreSQL restarts, an unpaced backlog drained through every fault, source
+# faults under backpressure (tests/source_faults.rs), and unsafe slots. Prints one line per
+# scenario; the tally also checks per-key order of first deliveries and prints duplicates.
 #
 #   scripts/chaos.sh           # full sizes: 20 kills in 200,000 events, 5 failovers, ...
 #   scripts/chaos.sh --short   # the CI sizes
@@ -18,11 +20,12 @@ echo "== fault suite (CHAOS_FULL=$CHAOS_FULL); full output: $LOG"
 status=0
 # Release build: the figures are meant to be read as production-like. The scenarios run
 # one at a time so their faults and figures do not disturb each other.
-cargo test --release --locked --test chaos --test slot_safety -- --nocapture --test-threads=1 \
+cargo test --release --locked --test chaos --test source_faults --test slot_safety -- --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
 # With --nocapture a scenario's line can follow "test name ... " on the same line.
 grep -oE 'chaos: .*' "$LOG" | sed 's/^chaos: //' || true
+grep -oE 'duplicates \([0-9]+\): .*' "$LOG" | sed 's/^/  /' || true
 grep -E 'test result:|panicked' "$LOG" | sed 's/^/  /' || true
 grep -oE 'relay rss max +[0-9]+ MiB' "$LOG" | grep -oE '[0-9]+' | sort -n | tail -1 \
   | sed 's/^/== relay RSS, maximum over every scenario: /; s/$/ MiB (limit 128 MiB)/' || true
