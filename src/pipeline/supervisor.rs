@@ -50,6 +50,8 @@ use crate::source::{EventBatch, Source, SourceSettings};
 
 /// How often a standby relay tries to take the slot over (with jitter, half to all of it).
 const STANDBY_POLL: Duration = Duration::from_secs(1);
+/// How often a reconnect that waits for in-flight events says so.
+const DRAIN_REPORT: Duration = Duration::from_secs(10);
 /// A pipeline that ran this long before failing starts its restart backoff over.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -324,10 +326,18 @@ async fn run_source(
         // unsent is registered (the source released it), and the sink acknowledges what
         // it holds or fails, which halts.
         let waiting = Instant::now();
-        tokio::select! {
-            _ = checkpoint.drained() => {}
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = halt.cancelled() => return Ok(()),
+        let mut report = tokio::time::interval_at(waiting + DRAIN_REPORT, DRAIN_REPORT);
+        loop {
+            tokio::select! {
+                _ = checkpoint.drained() => break,
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = halt.cancelled() => return Ok(()),
+                _ = report.tick() => info!(
+                    in_flight = checkpoint.lock().in_flight_events(),
+                    waited_s = waiting.elapsed().as_secs(),
+                    "waiting for Kafka to acknowledge what is in flight before reconnecting"
+                ),
+            }
         }
         debug!(
             waited_ms = waiting.elapsed().as_millis() as u64,
