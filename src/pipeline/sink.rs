@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use super::RelayError;
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::OnError;
 use crate::dlq;
@@ -248,9 +248,8 @@ impl Sink {
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(dlq = %dead.topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot write the dead-letter topic; retrying");
-                    tokio::select! {
-                        _ = sleep(delay) => {}
-                        _ = shutdown.cancelled() => return Err(e.into()),
+                    if !backoff::pause(delay, shutdown).await {
+                        return Err(e.into());
                     }
                 }
             }
@@ -276,9 +275,8 @@ impl Sink {
                 Err(e) if e.is_retryable() => {
                     let delay = backoff.next_delay();
                     warn!(%topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot create topic yet");
-                    tokio::select! {
-                        _ = sleep(delay) => {}
-                        _ = shutdown.cancelled() => return Err(e),
+                    if !backoff::pause(delay, shutdown).await {
+                        return Err(e);
                     }
                 }
                 Err(e) => return Err(e),

@@ -37,7 +37,7 @@ use tracing::{debug, info, warn};
 use super::sink::Sink;
 use super::RelayError;
 use crate::admin_sql;
-use crate::backoff::Backoff;
+use crate::backoff::{self, Backoff};
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::{Config, KafkaConfig};
 use crate::health::Health;
@@ -105,20 +105,12 @@ pub async fn run(
                     "pipeline failed with a retryable error; restarting it in-process from the checkpoint"
                 );
                 metrics::counter!(metric::PIPELINE_RESTARTS).increment(1);
-                if !backoff_pause(delay, &shutdown).await {
+                if !backoff::pause(delay, &shutdown).await {
                     return Ok(());
                 }
             }
             Err(e) => return Err(e),
         }
-    }
-}
-
-/// Sleeps `delay` unless shutdown fires first; returns whether to go on.
-async fn backoff_pause(delay: Duration, shutdown: &CancellationToken) -> bool {
-    tokio::select! {
-        _ = sleep(delay) => true,
-        _ = shutdown.cancelled() => false,
     }
 }
 
@@ -233,7 +225,7 @@ async fn prepare_database(config: &Config, shutdown: &CancellationToken) -> Resu
             Err(e) if e.is_retryable() => {
                 let delay = backoff.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "database not ready");
-                if !backoff_pause(delay, shutdown).await {
+                if !backoff::pause(delay, shutdown).await {
                     return Ok(());
                 }
             }
@@ -348,7 +340,7 @@ async fn run_source(
             delay_ms = delay.as_millis() as u64,
             "reconnecting after backoff"
         );
-        if !backoff_pause(delay, &shutdown).await {
+        if !backoff::pause(delay, &shutdown).await {
             return Ok(());
         }
     }
