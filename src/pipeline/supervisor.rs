@@ -13,6 +13,10 @@
 //!   retries without limit; a frozen broker only delays it) or fails, which halts the
 //!   wait too.
 //! - Connecting is bounded by `source.wal_receiver_timeout_ms`; a standby polls.
+//!   Should the producer deliver nothing for [`DRAIN_LIMIT`] all the same (seen once
+//!   after a broker freeze), the wait ends with a retryable error and the pipeline restarts
+//!   with a new producer: the events in flight were not confirmed, so the slot sends them
+//!   again.
 //! - After the sink or the source failed, the other half gets at most
 //!   `source.shutdown_timeout_ms` to stop.
 //!
@@ -52,6 +56,8 @@ use crate::source::{EventBatch, Source, SourceSettings};
 const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often a reconnect that waits for in-flight events says so.
 const DRAIN_REPORT: Duration = Duration::from_secs(10);
+/// How long a reconnect waits for in-flight events before the pipeline is restarted.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
 /// A pipeline that ran this long before failing starts its restart backoff over.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 
@@ -324,11 +330,23 @@ async fn run_source(
                 _ = checkpoint.drained() => break,
                 _ = shutdown.cancelled() => return Ok(()),
                 _ = halt.cancelled() => return Ok(()),
-                _ = report.tick() => info!(
-                    in_flight = checkpoint.lock().in_flight_events(),
-                    waited_s = waiting.elapsed().as_secs(),
-                    "waiting for Kafka to acknowledge what is in flight before reconnecting"
-                ),
+                _ = report.tick() => {
+                    let in_flight = checkpoint.lock().in_flight_events();
+                    if waiting.elapsed() >= DRAIN_LIMIT {
+                        // Seen after a broker freeze: the producer delivered nothing more.
+                        // Restart the pipeline (a new producer, the slot re-read from the
+                        // checkpoint) instead of waiting without bound.
+                        return Err(RelayError::Internal(format!(
+                            "{in_flight} events still unacknowledged {} s after the replication connection ended; restarting the pipeline",
+                            DRAIN_LIMIT.as_secs()
+                        )));
+                    }
+                    info!(
+                        in_flight,
+                        waited_s = waiting.elapsed().as_secs(),
+                        "waiting for Kafka to acknowledge what is in flight before reconnecting"
+                    );
+                }
             }
         }
         debug!(
