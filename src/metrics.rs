@@ -32,6 +32,14 @@ pub const STANDBY: &str = "outbox_relay_standby";
 pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 /// Reconnections, by target.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
+/// Connections that found the server's history gone back (restore, failover, another system).
+pub const HISTORY_REWINDS: &str = "outbox_relay_history_rewinds_total";
+/// Connections that found the slot ahead of what this relay acknowledged.
+pub const SLOT_ADVANCED_ELSEWHERE: &str = "outbox_relay_slot_advanced_elsewhere_total";
+/// Transactions read again from their start because the last connection ended inside them.
+pub const TRANSACTION_RESTARTS: &str = "outbox_relay_transaction_restarts_total";
+/// In-process restarts of the pipeline after a retryable failure, by stage.
+pub const PIPELINE_RESTARTS: &str = "outbox_relay_pipeline_restarts_total";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 /// Average broker round-trip time from librdkafka's statistics, by broker.
@@ -110,6 +118,22 @@ pub fn describe() {
         "1 while the broker refuses the topic (authorization, deleted, policy, size) and the relay holds its records; 0 once it takes them again"
     );
     describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
+    describe_counter!(
+        HISTORY_REWINDS,
+        "Connections that found the server's history gone back (restore, failover, another system); streaming resumed from the slot"
+    );
+    describe_counter!(
+        SLOT_ADVANCED_ELSEWHERE,
+        "Connections that found the slot ahead of this relay's last acknowledged position (another replica, or pg_replication_slot_advance)"
+    );
+    describe_counter!(
+        TRANSACTION_RESTARTS,
+        "Transactions read again from their start because the previous connection ended inside them"
+    );
+    describe_counter!(
+        PIPELINE_RESTARTS,
+        "In-process restarts of the pipeline after a retryable failure, by stage (source, sink)"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
     describe_gauge!(
         KAFKA_BROKER_RTT,
