@@ -2,10 +2,16 @@
 //!
 //! Full jitter (a uniform delay between zero and the exponential cap) keeps a fleet of
 //! sidecars that lost the same database at the same moment from reconnecting in lockstep.
+//!
+//! Every retry loop of the relay (database preparation, reconnects, pipeline restarts,
+//! topic creation, dead-letter writes) draws its delay from a [`Backoff`] and waits with
+//! [`pause`], which gives way to shutdown.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// First retry waits up to this long.
 pub const DEFAULT_INITIAL: Duration = Duration::from_millis(200);
@@ -65,6 +71,14 @@ impl Backoff {
     }
 }
 
+/// Sleeps `delay` unless `shutdown` fires first; returns whether to try again.
+pub async fn pause(delay: Duration, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => true,
+        _ = shutdown.cancelled() => false,
+    }
+}
+
 /// A random number from the standard library's per-process random hash keys.
 fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
@@ -92,6 +106,14 @@ mod tests {
         assert_eq!(ceilings, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
         backoff.reset();
         assert_eq!(backoff.ceiling(), Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pause_sleeps_or_gives_way_to_shutdown() {
+        let shutdown = CancellationToken::new();
+        assert!(pause(Duration::from_secs(5), &shutdown).await);
+        shutdown.cancel();
+        assert!(!pause(Duration::from_secs(5), &shutdown).await);
     }
 
     #[test]

@@ -24,7 +24,19 @@
 //! so it will still be sent. Without this, a slot on an idle outbox would pin WAL
 //! written by other tables and databases forever.
 //!
-//! Progress is monotonic: the flush LSN only moves forward.
+//! Progress is monotonic: the flush LSN only moves forward, except by [`Checkpoint::rewind`]
+//! when the server's own history went back (a restore, a failover to a lagging standby),
+//! where the positions of the old history mean nothing.
+//!
+//! # Nothing registered is orphaned
+//!
+//! Every event registered with [`Checkpoint::add_events`] ends in exactly one of two ways:
+//! downstream acknowledges it ([`Checkpoint::ack`]), or the connection that read it ends
+//! before it was handed over and the source releases it ([`Checkpoint::release`]). A
+//! released event will be sent again by the server on the next connection, so its
+//! transaction can never be flushed on this one: it pins the flush LSN until
+//! [`Checkpoint::resume`] forgets it. Without the release, the in-flight count never
+//! reaches zero and whoever waits for it ([`SharedCheckpoint::drained`]) waits forever.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +57,8 @@ struct TxnProgress {
     commit_end: Option<Lsn>,
     /// Commit time from the Begin message (microseconds since 2000-01-01), for lag.
     commit_ts_micros: i64,
+    /// Some of its events were released unsent: it must not be flushed on this connection.
+    released: bool,
 }
 
 /// A bookkeeping mistake by the caller: acknowledging what was never sent, or twice.
@@ -118,6 +132,7 @@ impl Checkpoint {
             outstanding: 0,
             commit_end: None,
             commit_ts_micros,
+            released: false,
         });
         TxnSeq(self.first_seq + self.pending.len() as u64 - 1)
     }
@@ -152,6 +167,35 @@ impl Checkpoint {
         txn.outstanding -= count;
         self.in_flight_events -= count;
         Ok(self.advance())
+    }
+
+    /// `count` registered events of `seq` will never be handed over (their connection
+    /// ended first). They leave the in-flight count, and `seq` can no longer be flushed:
+    /// the server sends it again after [`Checkpoint::resume`].
+    pub fn release(&mut self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
+        let txn = self.slot(seq)?;
+        if count > txn.outstanding {
+            return Err(CheckpointError::TooManyAcks {
+                seq,
+                acked: count,
+                outstanding: txn.outstanding,
+            });
+        }
+        txn.outstanding -= count;
+        txn.released = true;
+        self.in_flight_events -= count;
+        Ok(())
+    }
+
+    /// The server's history went back (restore, failover to a lagging standby, another
+    /// system): positions past `to`, the slot's confirmed position on the new history,
+    /// belong to WAL that no longer exists. Resumes at `to`, even below the flush LSN.
+    /// Call only when nothing is in flight, as [`Checkpoint::resume`].
+    pub fn rewind(&mut self, to: Lsn) {
+        debug_assert_eq!(self.in_flight_events, 0, "rewind with events in flight");
+        self.first_seq += self.pending.len() as u64;
+        self.pending.clear();
+        self.flushed = to;
     }
 
     /// Resumes on a new replication connection that starts at `start` (at least the
@@ -190,10 +234,10 @@ impl Checkpoint {
         let before = self.flushed;
         while let Some(front) = self.pending.front() {
             match front.commit_end {
-                Some(end) if front.outstanding == 0 => {
+                Some(end) if front.outstanding == 0 && !front.released => {
                     // Commit ends arrive in commit order, so this never moves backwards;
-                    // max() keeps progress monotonic even if a caller breaks that.
-                    debug_assert!(end >= self.flushed || self.flushed == before);
+                    // max() keeps progress monotonic even if a caller breaks that (equal
+                    // and lower ends are covered by the property tests).
                     self.flushed = self.flushed.max(end);
                     self.pending.pop_front();
                     self.first_seq += 1;
@@ -201,6 +245,7 @@ impl Checkpoint {
                 _ => break,
             }
         }
+        debug_assert!(self.flushed >= before, "flush LSN went backwards");
         self.flushed > before
     }
 }
@@ -248,6 +293,25 @@ impl SharedCheckpoint {
         if moved {
             self.inner.advanced.notify_one();
         }
+        if drained {
+            self.inner.drained.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Releases registered events that will never be handed over (see
+    /// [`Checkpoint::release`]): `(seq, count)` runs, in any order.
+    pub fn release(
+        &self,
+        runs: impl IntoIterator<Item = (TxnSeq, u64)>,
+    ) -> Result<(), CheckpointError> {
+        let drained = {
+            let mut state = self.lock();
+            for (seq, count) in runs {
+                state.release(seq, count)?;
+            }
+            state.in_flight_events() == 0
+        };
         if drained {
             self.inner.drained.notify_waiters();
         }

@@ -9,8 +9,10 @@
 //! - [`config`]: the TOML file: shape, defaults, `${ENV}` interpolation, validation.
 //! - [`ident`]: validation and quoting of every name that reaches SQL.
 //! - [`replication`]: the walsender wire protocol, pgoutput decoding, LSNs, relation cache.
-//! - [`source`]: the task that streams from the slot and hands batches downstream;
-//!   [`source::slot`] refuses a slot that is not safe to stream from.
+//! - [`source`]: the I/O loop that streams from the slot and hands batches downstream;
+//!   [`source::assembler`] turns pgoutput into events without I/O; [`source::slot`] refuses
+//!   a slot that is not safe to stream from; [`source::history`] notices a database that
+//!   went back in time.
 //! - [`checkpoint`]: what may be acknowledged (the flush LSN) — the acknowledgement rule.
 //! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
@@ -23,8 +25,9 @@
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
 //! - [`policy`]: the one map from failure to retry, dead-letter, hold or stop.
 //! - [`metrics`]: metric names and descriptions.
-//! - [`pipeline`]: wiring source → sink, reconnects with [`backoff`], standby while another
-//!   replica holds the slot, graceful stop.
+//! - [`pipeline`]: the supervisor (wiring source → sink, reconnects with [`backoff`],
+//!   in-process restarts, standby while another replica holds the slot, graceful stop)
+//!   and the sink (routing, producing, dead-lettering).
 
 pub mod admin;
 pub mod admin_sql;

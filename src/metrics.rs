@@ -34,6 +34,14 @@ pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Times the Kafka client was given its bootstrap servers again (see `kafka::rebootstrap`).
 pub const KAFKA_REBOOTSTRAPS: &str = "outbox_relay_kafka_rebootstraps_total";
+/// Connections that found the server's history gone back (restore, failover, another system).
+pub const HISTORY_REWINDS: &str = "outbox_relay_history_rewinds_total";
+/// Connections that found the slot ahead of what this relay acknowledged.
+pub const SLOT_ADVANCED_ELSEWHERE: &str = "outbox_relay_slot_advanced_elsewhere_total";
+/// Transactions read again from their start because the last connection ended inside them.
+pub const TRANSACTION_RESTARTS: &str = "outbox_relay_transaction_restarts_total";
+/// In-process restarts of the pipeline after a retryable failure, by stage.
+pub const PIPELINE_RESTARTS: &str = "outbox_relay_pipeline_restarts_total";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
 /// Average broker round-trip time from librdkafka's statistics, by broker.
@@ -115,6 +123,22 @@ pub fn describe() {
     describe_counter!(
         KAFKA_REBOOTSTRAPS,
         "Times the Kafka client had lost every broker and was given its bootstrap servers again"
+    );
+    describe_counter!(
+        HISTORY_REWINDS,
+        "Connections that found the server's history gone back (restore, failover, another system); streaming resumed from the slot"
+    );
+    describe_counter!(
+        SLOT_ADVANCED_ELSEWHERE,
+        "Connections that found the slot ahead of this relay's last acknowledged position (another replica, or pg_replication_slot_advance)"
+    );
+    describe_counter!(
+        TRANSACTION_RESTARTS,
+        "Transactions read again from their start because the previous connection ended inside them"
+    );
+    describe_counter!(
+        PIPELINE_RESTARTS,
+        "In-process restarts of the pipeline after a retryable failure, by stage (source, sink)"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
     describe_gauge!(

@@ -28,7 +28,11 @@
 //! | PostgreSQL: connection lost, server restarting, silent past `wal_receiver_timeout_ms` | retry (reconnect) |
 //! | PostgreSQL: slot in use by another replica | stand by, retry every second |
 //! | PostgreSQL: slot or publication dropped, permission revoked, bad credentials | stop; nothing is recreated silently |
-//! | PostgreSQL: slot invalidated, of another plugin, or advanced by something else | stop (see [`crate::source::slot`]) |
+//! | PostgreSQL: slot invalidated, or of another plugin | stop (see [`crate::source::slot`]) |
+//! | PostgreSQL: slot ahead of this relay (another replica, or advanced by hand) | warn, resume from the slot |
+//! | PostgreSQL: history went back (restore, failover) | error line, resume from the slot ([`crate::source::history`]) |
+//! | PostgreSQL: another system identifier | stop, or follow with `source.on_new_system = "follow"` |
+//! | any other retryable failure (the sink's, a dead task) | restart the pipeline in-process ([`crate::pipeline`]) |
 
 use rdkafka::error::RDKafkaErrorCode;
 

@@ -325,3 +325,81 @@ async fn the_proxy_cuts_stalls_and_blocks() {
     again.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"pong");
 }
+
+/// The faults of the suite on an unpaced stream: a backlog written while the relay is away,
+/// then drained at full speed while each fault hits in turn (SIGKILL, PostgreSQL cut,
+/// walsender terminated, broker frozen), each without waiting for the relay to catch up
+/// first, so every one meets a full pipeline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpaced_backlog_drained_at_full_speed_through_every_fault_loses_nothing() {
+    let scale = Scale::from_env();
+    let total = scale.pick(100_000, 300_000);
+    let cluster = PgCluster::shared();
+    // Its own broker: it is frozen.
+    let broker = tokio::task::block_in_place(Broker::start);
+    let stage = Stage::new(cluster, "unpaced").await;
+    let proxy = FaultProxy::to(pg_address(cluster)).await;
+    let config = stage.config("relay.toml", &proxy.address(), &broker.bootstrap());
+    // The slot first, then the backlog while no relay runs.
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    assert!(relay.terminate().success());
+    write_seq(&stage.admin, 0, total).await;
+
+    let mut figures = Figures::default();
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let mut rng = Rng(0x5EED_0005);
+    let mut in_flight_at = Vec::new();
+    for fault in [
+        "sigkill",
+        "postgres cut",
+        "walsender terminated",
+        "broker frozen",
+    ] {
+        // Faults follow each other quickly, so each meets the drain in full flow.
+        tokio::time::sleep(Duration::from_millis(rng.between(300, 900))).await;
+        let (_, metrics) = relay.admin_get("/metrics");
+        in_flight_at.push(
+            metrics
+                .lines()
+                .find(|l| l.starts_with("outbox_relay_in_flight_events "))
+                .and_then(|l| l.rsplit(' ').next())
+                .unwrap_or("?")
+                .to_owned(),
+        );
+        figures.sample_rss(&relay);
+        match fault {
+            "sigkill" => {
+                relay.kill9();
+                relay = stage.start(&config);
+                relay.wait_streaming(&stage.admin, &stage.slot).await;
+            }
+            "postgres cut" => proxy.cut(),
+            "walsender terminated" => {
+                stage
+                    .admin
+                    .execute(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+                        &[&stage.slot],
+                    )
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                broker.freeze();
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                broker.thaw();
+            }
+        }
+        figures.faults += 1;
+    }
+    let ended = Instant::now();
+    stage.fault_ended_at(&mut figures, ended).await;
+    figures.faults -= 1; // fault_ended_at counted the last one again.
+    stage.tally(&mut figures, &broker, total).await;
+    figures.sample_rss(&relay);
+    assert!(relay.is_running(), "rode out every fault:\n{}", relay.log());
+    figures.extra = format!("in flight at each fault: {}", in_flight_at.join(", "));
+    figures.report("unpaced backlog, every fault");
+}

@@ -343,9 +343,16 @@ async fn a_million_row_transaction_is_delivered_with_bounded_memory() {
         || async { (s.confirmed_flush().await >= end).then_some(()) },
     )
     .await;
+    let peak_kib = relay.peak_rss_kib();
     println!(
         "large transaction: {ROWS} rows delivered; relay peak RSS {} MiB",
-        relay.peak_rss_kib() / 1024
+        peak_kib / 1024
+    );
+    assert!(peak_kib > 0, "RSS was read from /proc");
+    assert!(
+        peak_kib < 128 * 1024,
+        "a 1,000,000-row transaction must stream in bounded memory: peak RSS {} MiB is over 128 MiB",
+        peak_kib / 1024
     );
 }
 

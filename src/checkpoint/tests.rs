@@ -137,6 +137,113 @@ fn simulate(sizes: &[u8], choices: &[u16]) {
     assert_eq!(cp.pending_transactions(), 0);
 }
 
+/// A reference model of the checkpoint: the flush LSN folds the finished prefix of
+/// transactions in order, moves to an idle keepalive's position, and never goes back.
+#[derive(Default)]
+struct Model {
+    /// Per pending transaction, in order: seq, outstanding events, commit end, released.
+    pending: Vec<(TxnSeq, u64, Option<Lsn>, bool)>,
+    flushed: Lsn,
+}
+
+impl Model {
+    fn txn(&mut self, seq: TxnSeq) -> &mut (TxnSeq, u64, Option<Lsn>, bool) {
+        self.pending
+            .iter_mut()
+            .find(|t| t.0 == seq)
+            .expect("pending in the model")
+    }
+
+    fn fold(&mut self) {
+        while let Some(&(_, 0, Some(end), false)) = self.pending.first() {
+            self.flushed = self.flushed.max(end);
+            self.pending.remove(0);
+        }
+    }
+}
+
+/// Drives the checkpoint and the model through the same operations, chosen by `ops`:
+/// commit ends that repeat or go down, keepalives at arbitrary positions, `resume`, and
+/// failures between registration and hand-over (the registered events are released).
+fn against_the_model(ops: &[(u8, u16)]) {
+    let mut cp = Checkpoint::new(Lsn(0));
+    let mut model = Model::default();
+    // Events handed over and not yet acknowledged.
+    let mut handed: Vec<TxnSeq> = Vec::new();
+    // Registered and not yet handed over: (seq, count).
+    let mut unsent: Vec<(TxnSeq, u64)> = Vec::new();
+    let mut open: Option<TxnSeq> = None;
+    let mut last_end = Lsn(1_000);
+    for &(op, arg) in ops {
+        match (op % 8, open) {
+            (0, None) => {
+                let seq = cp.begin();
+                model.pending.push((seq, 0, None, false));
+                open = Some(seq);
+            }
+            (1, Some(seq)) => {
+                let n = u64::from(arg % 3) + 1;
+                cp.add_events(seq, n).unwrap();
+                model.txn(seq).1 += n;
+                unsent.push((seq, n));
+            }
+            (2, Some(seq)) => {
+                // Commit ends go up, repeat, or (a broken caller) go down.
+                open = None;
+                last_end = match arg % 3 {
+                    0 => Lsn(last_end.0 + u64::from(arg)),
+                    1 => last_end,
+                    _ => Lsn(last_end.0.saturating_sub(u64::from(arg % 500))),
+                };
+                cp.commit(seq, last_end).unwrap();
+                model.txn(seq).2 = Some(last_end);
+                model.fold();
+            }
+            (3, _) => {
+                for (seq, n) in unsent.drain(..) {
+                    handed.extend(std::iter::repeat_n(seq, n as usize));
+                }
+            }
+            (4, _) if !handed.is_empty() => {
+                let seq = handed.swap_remove(usize::from(arg) % handed.len());
+                cp.ack(seq, 1).unwrap();
+                model.txn(seq).1 -= 1;
+                model.fold();
+            }
+            (5, _) => {
+                let at = Lsn(u64::from(arg) * 7);
+                cp.idle_position(at);
+                if model.pending.is_empty() {
+                    model.flushed = model.flushed.max(at);
+                }
+            }
+            (6, _) => {
+                // The connection fails between registration and hand-over: release.
+                for (seq, n) in unsent.drain(..) {
+                    cp.release(seq, n).unwrap();
+                    let txn = model.txn(seq);
+                    txn.1 -= n;
+                    txn.3 = true;
+                }
+                open = None;
+                model.fold();
+                if handed.is_empty() {
+                    // Drained: the next connection resumes at `start` (or the flush LSN).
+                    let start = Lsn(u64::from(arg) * 5);
+                    cp.resume(start);
+                    model.pending.clear();
+                    model.flushed = model.flushed.max(start);
+                }
+            }
+            _ => {}
+        }
+        assert_eq!(cp.flushed(), model.flushed, "after op {op} {arg}");
+        assert_eq!(cp.pending_transactions(), model.pending.len());
+        let in_flight: u64 = model.pending.iter().map(|t| t.1).sum();
+        assert_eq!(cp.in_flight_events(), in_flight);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -146,5 +253,12 @@ proptest! {
         choices in prop::collection::vec(any::<u16>(), 1..200),
     ) {
         simulate(&sizes, &choices);
+    }
+
+    #[test]
+    fn equal_and_lower_ends_keepalives_resume_and_releases_match_the_model(
+        ops in prop::collection::vec((any::<u8>(), any::<u16>()), 1..400),
+    ) {
+        against_the_model(&ops);
     }
 }

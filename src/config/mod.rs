@@ -162,6 +162,21 @@ pub struct SourceConfig {
     /// handshake, so a stalled network cannot hang the relay.
     #[serde(default = "default_wal_receiver_timeout_ms")]
     pub wal_receiver_timeout_ms: u64,
+    /// What to do when `url` reaches another database system than before (another
+    /// system identifier): stop with the fix, or follow it from its slot.
+    #[serde(default)]
+    pub on_new_system: OnNewSystem,
+}
+
+/// `source.on_new_system`: a relay must not silently follow a different database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNewSystem {
+    /// Exit 1 naming both system identifiers and the fix.
+    #[default]
+    Stop,
+    /// Log an error, count a history rewind and stream from the new system's slot.
+    Follow,
 }
 
 /// `[kafka]`: where events go and how the producer behaves.

@@ -39,6 +39,7 @@ fn minimal_config_gets_the_documented_defaults() {
         DEFAULT_WAL_RECEIVER_TIMEOUT_MS
     );
     assert_eq!(config.source.max_batch_events, DEFAULT_MAX_BATCH_EVENTS);
+    assert_eq!(config.source.on_new_system, OnNewSystem::Stop);
     assert_eq!(config.outbox.id_column.as_str(), "id");
     assert_eq!(config.outbox.key_column.as_str(), "aggregateid");
     assert_eq!(config.outbox.payload_column.as_str(), "payload");
@@ -206,6 +207,29 @@ fn override_for_an_unlisted_table_is_rejected() {
     let line = error_line(&text);
     assert!(
         line.contains("outbox.tables: overrides \"public.other\", which is not listed"),
+        "{line}"
+    );
+}
+
+#[test]
+fn on_new_system_is_stop_or_follow() {
+    let with = |value: &str| {
+        MINIMAL.replace(
+            "[source]\n",
+            &format!("[source]\non_new_system = {value}\n"),
+        )
+    };
+    assert_eq!(
+        parse(&with("\"follow\"")).unwrap().source.on_new_system,
+        OnNewSystem::Follow
+    );
+    assert_eq!(
+        parse(&with("\"stop\"")).unwrap().source.on_new_system,
+        OnNewSystem::Stop
+    );
+    let line = error_line(&with("\"ignore\""));
+    assert!(
+        line.contains("source.on_new_system") && line.contains("stop") && line.contains("follow"),
         "{line}"
     );
 }

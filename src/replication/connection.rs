@@ -11,26 +11,22 @@ use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use futures_util::StreamExt;
 use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256, SCRAM_SHA_256};
-use postgres_protocol::message::backend::{DataRowBody, ErrorResponseBody, Message};
+use postgres_protocol::message::backend::{DataRowBody, Message};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::AsyncWriteExt;
 use tokio_postgres::config::Host;
 use tokio_util::codec::FramedRead;
 use tracing::debug;
 
 use super::codec::{BackendCodec, BackendMessage};
-use super::error::{ReplicationError, ServerError};
+use super::error::ReplicationError;
 use super::lsn::Lsn;
 use super::stream::ReplicationStream;
 use crate::ident::{quote_identifier, quote_literal};
 use crate::tls::TlsSettings;
 
-/// A byte stream the connection can run over (TCP or Unix socket; TLS later).
-pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for T {}
-
-pub(crate) type Reader = FramedRead<ReadHalf<Box<dyn Transport>>, BackendCodec>;
-pub(crate) type Writer = WriteHalf<Box<dyn Transport>>;
+pub use super::wire::Transport;
+use super::wire::{server_error, Reader, Writer};
 
 /// What `IDENTIFY_SYSTEM` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -395,28 +391,4 @@ fn text_columns(body: &DataRowBody) -> Result<Vec<Option<String>>, ReplicationEr
         .map(|range| Ok(range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned())))
         .collect()
         .map_err(ReplicationError::Io)
-}
-
-/// Turns an `ErrorResponse` into a typed error carrying the SQLSTATE.
-pub(crate) fn server_error(body: &ErrorResponseBody) -> ReplicationError {
-    let mut error = ServerError {
-        severity: String::new(),
-        code: String::new(),
-        message: String::new(),
-        detail: None,
-        hint: None,
-    };
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-        match field.type_() {
-            b'S' => error.severity = value,
-            b'C' => error.code = value,
-            b'M' => error.message = value,
-            b'D' => error.detail = Some(value),
-            b'H' => error.hint = Some(value),
-            _ => {}
-        }
-    }
-    ReplicationError::Server(error)
 }

@@ -57,6 +57,10 @@ pub enum ReplicationError {
     SlotUnusable(String),
     #[error("no message from PostgreSQL for {0:?} (wal_receiver_timeout); the connection is presumed dead")]
     ReceiveTimeout(std::time::Duration),
+    #[error("cannot assemble transactions from the replication stream: {0}")]
+    Assembly(#[from] crate::source::assembler::AssemblyError),
+    #[error("source.url now reaches another database system (system identifier {now}, this relay streamed from {was}): a relay does not silently follow a different database. If the switch is intended (a rebuilt or replaced cluster), check that its slot holds what it should, then restart the relay, or set source.on_new_system = \"follow\"")]
+    OtherSystem { was: String, now: String },
     #[error("cannot decode pgoutput message at {lsn}: {source}")]
     Decode {
         lsn: super::lsn::Lsn,
@@ -81,6 +85,8 @@ impl ReplicationError {
             | ReplicationError::Unsupported(_)
             | ReplicationError::SlotUnusable(_)
             | ReplicationError::Protocol(_)
+            | ReplicationError::Assembly(_)
+            | ReplicationError::OtherSystem { .. }
             | ReplicationError::Decode { .. } => false,
         }
     }

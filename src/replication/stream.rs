@@ -15,9 +15,9 @@ use postgres_protocol::message::backend::Message;
 use tokio::io::AsyncWriteExt;
 
 use super::codec::BackendMessage;
-use super::connection::{server_error, Reader, Writer};
 use super::error::ReplicationError;
 use super::lsn::Lsn;
+use super::wire::{server_error, Reader, Writer};
 
 /// Microseconds from the Unix epoch to PostgreSQL's epoch, 2000-01-01 00:00:00 UTC.
 pub const POSTGRES_EPOCH_OFFSET_MICROS: i64 = 946_684_800_000_000;

@@ -1,39 +1,57 @@
-//! The replication source: one task that streams pgoutput from the slot, decodes it,
-//! hands row changes downstream in bounded batches, and reports the flush LSN.
+//! The replication source: the I/O loop around the [`assembler`]. It streams pgoutput
+//! from the slot, feeds the assembler, hands its batches downstream through a bounded
+//! channel, and reports the flush LSN.
 //!
-//! The task owns the replication connection. It registers each transaction and event
-//! with the [`SharedCheckpoint`] *before* handing the event over, so an acknowledgement can
-//! never arrive for work the checkpoint does not know. While the downstream channel is
-//! full (backpressure), it stops reading WAL but keeps sending heartbeat status updates,
-//! so a slow broker never trips the server's `wal_sender_timeout`.
+//! The assembler registers each transaction and event with the [`SharedCheckpoint`]
+//! *before* the event is handed over, so an acknowledgement can never arrive for work the
+//! checkpoint does not know. While the downstream channel is full (backpressure), the
+//! loop stops reading WAL but keeps sending heartbeat status updates, so a slow broker
+//! never trips the server's `wal_sender_timeout`.
+//!
+//! # No exit orphans anything
+//!
+//! [`Source::run`] has one way out: whether the connection failed (an error while the
+//! channel was full, a status update into a dead socket), downstream went away, or
+//! shutdown began, it first [releases](assembler::Assembler::release) every event the
+//! assembler registered and did not hand over. What stays in flight afterwards is exactly
+//! what downstream holds, which it acknowledges or, if it fails, halts the pipeline. The
+//! supervisor's wait for a drained checkpoint before it reconnects therefore always ends.
+//!
+//! # Where a connection starts
+//!
+//! At the later of the slot's `confirmed_flush_lsn` and the relay's own flush LSN (a status
+//! update may not have reached the server before a disconnect), unless the server's
+//! [`history`] went back: then at the slot's position, never past it. Either way the start
+//! is at or below the server's WAL end (`debug_assert!`ed): the relay never asks for a
+//! position the server's own history does not hold.
 
+pub mod assembler;
 pub mod events;
+pub mod history;
 pub mod slot;
 pub mod status;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, error, info, warn};
 
+use assembler::{Assembler, Step};
 pub use events::{Change, EventBatch, SourceEvent, TransactionInfo};
+use history::{Rewind, SharedHistory, Verdict};
 use status::StatusSchedule;
 
-use crate::checkpoint::{SharedCheckpoint, TxnSeq};
+use crate::checkpoint::SharedCheckpoint;
+use crate::config::OnNewSystem;
 use crate::ident::quote_literal;
 use crate::metrics as metric;
-use crate::replication::pgoutput::{self, PgOutputMessage};
-use crate::replication::relations::RelationCache;
+use crate::replication::pgoutput;
 use crate::replication::{
     Lsn, ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream,
     StandbyStatus,
 };
-
-/// How often shutdown re-checks what is still in flight.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
 
 /// What the source needs from the config.
 #[derive(Debug, Clone)]
@@ -52,6 +70,9 @@ pub struct SourceSettings {
     /// relay held the slot since: a slot found ahead of it was advanced by something else
     /// (see [`slot`]). `None` on the first connection and after a standby wait.
     pub believed_flush: Option<Lsn>,
+    /// What the relay saw of the server on earlier connections (see [`history`]).
+    pub history: SharedHistory,
+    pub on_new_system: OnNewSystem,
 }
 
 impl SourceSettings {
@@ -65,6 +86,8 @@ impl SourceSettings {
             max_batch_events: config.source.max_batch_events,
             receive_timeout: Duration::from_millis(config.source.wal_receiver_timeout_ms),
             believed_flush: None,
+            history: SharedHistory::default(),
+            on_new_system: config.source.on_new_system,
         }
     }
 }
@@ -75,14 +98,9 @@ pub struct Source {
     stream: ReplicationStream,
     settings: SourceSettings,
     checkpoint: SharedCheckpoint,
-    relations: RelationCache,
-    /// The open transaction and its events not yet registered with the checkpoint.
-    current: Option<OpenTransaction>,
-    batch: EventBatch,
+    assembler: Assembler,
     /// Highest WAL position the server has told us about.
     received: Lsn,
-    /// Registered events dropped unsent at shutdown (they will be resent after restart).
-    abandoned_events: u64,
     status: StatusSchedule,
     /// When the server was last heard from (or last listened to, after backpressure).
     last_heard: Instant,
@@ -90,17 +108,18 @@ pub struct Source {
     pinged: bool,
 }
 
-struct OpenTransaction {
-    seq: TxnSeq,
-    info: Arc<TransactionInfo>,
-    unregistered_events: u64,
+/// Why the streaming loop ended without an error.
+enum Stop {
+    /// Shutdown or downstream gone: drain what is in flight (bounded), then close.
+    Drain,
+    /// Downstream failed: nothing more will be acknowledged, close at once.
+    Halt,
 }
 
 impl Source {
-    /// Connects and starts streaming where it is safe to: the later of the slot's
-    /// `confirmed_flush_lsn` and what `checkpoint` already confirmed (a status update may
-    /// not have reached the server before a disconnect). The relay thus never reports a
-    /// position behind the server's, and never asks for what it already delivered.
+    /// Connects and starts streaming where it is safe to (see the module docs): the later
+    /// of the slot's `confirmed_flush_lsn` and what `checkpoint` already confirmed, unless
+    /// the server's history went back, then the slot's position.
     ///
     /// `checkpoint` must have nothing in flight (see [`Checkpoint::resume`]).
     ///
@@ -112,9 +131,58 @@ impl Source {
     ) -> Result<Source, ReplicationError> {
         let mut connection = ReplicationConnection::connect_tls(pg, &settings.tls).await?;
         let identity = connection.identify_system().await?;
-        let confirmed =
-            slot_confirmed_lsn(&mut connection, &settings.slot, settings.believed_flush).await?;
-        let start = confirmed.max(checkpoint.flushed());
+        let slot = slot_position(&mut connection, &settings.slot, settings.believed_flush).await?;
+        let confirmed = slot.confirmed;
+        let flushed = checkpoint.flushed();
+        let verdict = history::check(settings.history.lock().seen.as_ref(), flushed, &identity);
+        let rewind = match verdict {
+            Verdict::Same => None,
+            Verdict::Rewound(rewind) => Some(rewind),
+            Verdict::OtherSystem { was, now } => match settings.on_new_system {
+                OnNewSystem::Stop => return Err(ReplicationError::OtherSystem { was, now }),
+                OnNewSystem::Follow => Some(Rewind::OtherSystem { was, now }),
+            },
+        };
+        let start = match &rewind {
+            None => confirmed.max(flushed),
+            Some(rewind) => {
+                let ours = settings
+                    .history
+                    .lock()
+                    .seen
+                    .as_ref()
+                    .map_or(flushed, |s| s.position.max(flushed));
+                error!(
+                    slot = %settings.slot,
+                    relay_position = %ours,
+                    server_wal = %identity.xlog_position,
+                    slot_confirmed = %confirmed,
+                    timeline = identity.timeline,
+                    system_id = %identity.system_id,
+                    cause = ?rewind,
+                    "the server's history went back: its WAL ends at {} but this relay was at {ours}; {}. Resuming from the slot's confirmed position {confirmed}, never past it: rows committed on the new history are all published, rows the relay published from the old history after that position may be published again",
+                    identity.xlog_position,
+                    rewind.probable_cause(),
+                );
+                metrics::counter!(metric::HISTORY_REWINDS).increment(1);
+                confirmed
+            }
+        };
+        if let Some(advanced_from) = slot.advanced_from {
+            warn!(
+                slot = %settings.slot,
+                confirmed = %confirmed,
+                last_acknowledged = %advanced_from,
+                "the slot moved from {advanced_from} to {confirmed} while this relay was disconnected: another replica streamed from it (the documented standby setup), or something advanced it (pg_replication_slot_advance, a drop and recreate); resuming from the slot"
+            );
+            metrics::counter!(metric::SLOT_ADVANCED_ELSEWHERE).increment(1);
+        }
+        // The acknowledgement rule's other half: never start past the server's history.
+        debug_assert!(
+            start <= identity.xlog_position,
+            "start {start} past the server's WAL end {}",
+            identity.xlog_position
+        );
         info!(
             slot = %settings.slot,
             confirmed = %confirmed,
@@ -125,18 +193,20 @@ impl Source {
         let stream = connection
             .start_replication(&settings.slot, start, &settings.publication)
             .await?;
-        checkpoint.lock().resume(start);
+        if rewind.is_some() {
+            checkpoint.lock().rewind(start);
+        } else {
+            checkpoint.lock().resume(start);
+        }
+        settings.history.lock().streaming(&identity, start);
         settings.health.set_streaming(true);
         Ok(Source {
             stream,
             status: StatusSchedule::new(settings.status_interval, confirmed, Instant::now()),
+            assembler: Assembler::new(checkpoint.clone(), settings.max_batch_events),
             settings,
             checkpoint: checkpoint.clone(),
-            relations: RelationCache::default(),
-            current: None,
-            batch: Vec::new(),
             received: start,
-            abandoned_events: 0,
             last_heard: Instant::now(),
             pinged: false,
         })
@@ -149,6 +219,9 @@ impl Source {
     /// LSN and closes the connection. Events still in flight then are simply not
     /// acknowledged: they will be sent again after a restart. `halt` is the same without
     /// the wait, for when downstream has stopped and nothing more will be acknowledged.
+    ///
+    /// On every exit, error or not, the events the assembler registered and did not hand
+    /// over are released first (see the module docs).
     pub async fn run(
         mut self,
         events: mpsc::Sender<EventBatch>,
@@ -156,13 +229,52 @@ impl Source {
         halt: CancellationToken,
         drain_timeout: Duration,
     ) -> Result<(), ReplicationError> {
+        let stopped = self.stream_until_stop(&events, &shutdown, &halt).await;
+        let released = self.assembler.release();
+        {
+            let mut history = self.settings.history.lock();
+            history.heard(self.received);
+            if let Ok(released) = &released {
+                history.left_open(released.open.as_ref().map(|t| t.commit_lsn));
+            }
+        }
+        let released = released?;
+        if released.events > 0 {
+            debug!(
+                events = released.events,
+                "released registered events that were never handed over"
+            );
+        }
+        match stopped {
+            Ok(Stop::Drain) => self.finish(drain_timeout).await,
+            Ok(Stop::Halt) => self.finish(Duration::ZERO).await,
+            Err(e) => {
+                self.settings.health.set_streaming(false);
+                if let Some(open) = released.open {
+                    warn!(
+                        xid = open.xid,
+                        commit_lsn = %open.commit_lsn,
+                        "connection lost inside a transaction; it will be read again from its start"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stream_until_stop(
+        &mut self,
+        events: &mpsc::Sender<EventBatch>,
+        shutdown: &CancellationToken,
+        halt: &CancellationToken,
+    ) -> Result<Stop, ReplicationError> {
         loop {
             let silence = self.silence_deadline();
             // Timers first: a busy stream must not starve the heartbeat.
             tokio::select! {
                 biased;
-                _ = halt.cancelled() => return self.finish(Duration::ZERO).await,
-                _ = shutdown.cancelled() => return self.finish(drain_timeout).await,
+                _ = halt.cancelled() => return Ok(Stop::Halt),
+                _ = shutdown.cancelled() => return Ok(Stop::Drain),
                 _ = sleep_until(self.status.due()) => self.send_status(false).await?,
                 _ = self.checkpoint.advanced() => {
                     self.status.progressed(self.checkpoint.flushed(), Instant::now());
@@ -170,14 +282,14 @@ impl Source {
                 message = self.stream.next() => {
                     self.heard();
                     self.handle(message?).await?;
-                    while self.batch.len() < self.settings.max_batch_events {
+                    while !self.assembler.is_full() {
                         match self.stream.try_next() {
                             Some(message) => self.handle(message?).await?,
                             None => break,
                         }
                     }
-                    if !self.hand_over(&events, &shutdown).await? {
-                        return self.finish(drain_timeout).await;
+                    if let Some(stop) = self.hand_over(events, shutdown, halt).await? {
+                        return Ok(stop);
                     }
                     // The socket was not read while the channel was full: silence from
                     // the server during that time says nothing about the connection.
@@ -218,11 +330,10 @@ impl Source {
     async fn finish(mut self, drain_timeout: Duration) -> Result<(), ReplicationError> {
         let deadline = Instant::now() + drain_timeout;
         let checkpoint = self.checkpoint.clone();
-        // Events of a batch abandoned at shutdown were registered but never handed over.
-        while checkpoint.lock().in_flight_events() > self.abandoned_events {
+        // Nothing unsent is registered any more (released), so this is what downstream holds.
+        while checkpoint.lock().in_flight_events() > 0 {
             tokio::select! {
-                _ = checkpoint.advanced() => {}
-                _ = tokio::time::sleep(DRAIN_POLL) => {}
+                _ = checkpoint.drained() => {}
                 _ = sleep_until(deadline) => {
                     info!(
                         in_flight = checkpoint.lock().in_flight_events(),
@@ -239,35 +350,34 @@ impl Source {
         self.stream.close().await
     }
 
-    /// Sends the current batch downstream, heartbeating while the channel is full.
-    /// Returns false when the receiver is gone or shutdown began.
+    /// Sends the assembler's batch downstream, heartbeating while the channel is full.
+    /// The batch stays with the assembler until a permit is in hand, so an error while
+    /// waiting leaves it there to be released. Returns how to stop when the receiver is
+    /// gone or shutdown began.
     async fn hand_over(
         &mut self,
         events: &mpsc::Sender<EventBatch>,
         shutdown: &CancellationToken,
-    ) -> Result<bool, ReplicationError> {
-        if self.batch.is_empty() {
-            return Ok(true);
+        halt: &CancellationToken,
+    ) -> Result<Option<Stop>, ReplicationError> {
+        if self.assembler.batch_len() == 0 {
+            return Ok(None);
         }
-        self.register_current_events();
-        let batch = std::mem::take(&mut self.batch);
         loop {
             tokio::select! {
                 biased;
                 permit = events.reserve() => {
                     return Ok(match permit {
                         Ok(permit) => {
-                            permit.send(batch);
-                            true
+                            permit.send(self.assembler.hand_over()?);
+                            None
                         }
-                        Err(_) => false,
+                        Err(_) => Some(Stop::Drain),
                     });
                 }
+                _ = halt.cancelled() => return Ok(Some(Stop::Halt)),
+                _ = shutdown.cancelled() => return Ok(Some(Stop::Drain)),
                 _ = sleep_until(self.status.due()) => self.send_status(false).await?,
-                _ = shutdown.cancelled() => {
-                    self.abandoned_events = batch.len() as u64;
-                    return Ok(false);
-                }
             }
         }
     }
@@ -286,7 +396,29 @@ impl Source {
                         lsn: wal_start,
                         source,
                     })?;
-                self.apply(decoded)
+                if let pgoutput::PgOutputMessage::Relation(relation) = &decoded {
+                    debug!(relation = %relation.qualified_name(), oid = relation.oid, "relation");
+                }
+                match self.assembler.apply(decoded)? {
+                    Step::Began(transaction) => {
+                        let restarts = self.settings.history.lock().began(transaction.commit_lsn);
+                        if let Some(restarts) = restarts {
+                            metrics::counter!(metric::TRANSACTION_RESTARTS).increment(1);
+                            warn!(
+                                xid = transaction.xid,
+                                commit_lsn = %transaction.commit_lsn,
+                                restarts,
+                                "reading again a transaction that the last connection left unfinished"
+                            );
+                        }
+                    }
+                    Step::Committed { flushed } => {
+                        self.status.progressed(flushed, Instant::now());
+                        metrics::counter!(metric::TRANSACTIONS).increment(1);
+                    }
+                    Step::Other => {}
+                }
+                Ok(())
             }
             ReplicationMessage::Keepalive {
                 wal_end,
@@ -295,10 +427,7 @@ impl Source {
             } => {
                 self.received = self.received.max(wal_end);
                 debug!(wal_end = %wal_end, reply_requested, "keepalive");
-                // Events still in `self.batch` belong to registered transactions, so the
-                // checkpoint is not idle while any of them is unsent.
-                self.register_current_events();
-                if self.checkpoint.lock().idle_position(wal_end) {
+                if self.assembler.keepalive(wal_end)? {
                     self.status.progressed(wal_end, Instant::now());
                 }
                 if reply_requested {
@@ -306,101 +435,6 @@ impl Source {
                 }
                 Ok(())
             }
-        }
-    }
-
-    fn apply(&mut self, message: PgOutputMessage) -> Result<(), ReplicationError> {
-        let change = match message {
-            PgOutputMessage::Begin(begin) => {
-                if self.current.is_some() {
-                    return Err(protocol("Begin inside an open transaction"));
-                }
-                let seq = self.checkpoint.lock().begin_at(begin.commit_ts_micros);
-                self.current = Some(OpenTransaction {
-                    seq,
-                    info: Arc::new(TransactionInfo {
-                        xid: begin.xid,
-                        commit_lsn: begin.final_lsn,
-                        commit_ts_micros: begin.commit_ts_micros,
-                    }),
-                    unregistered_events: 0,
-                });
-                return Ok(());
-            }
-            PgOutputMessage::Commit(commit) => {
-                let open = self
-                    .current
-                    .take()
-                    .ok_or_else(|| protocol("Commit without Begin"))?;
-                let mut checkpoint = self.checkpoint.lock();
-                checkpoint
-                    .add_events(open.seq, open.unregistered_events)
-                    .and_then(|_| checkpoint.commit(open.seq, commit.end_lsn))
-                    .map_err(|e| protocol(&e.to_string()))?;
-                let flushed = checkpoint.flushed();
-                drop(checkpoint);
-                self.status.progressed(flushed, Instant::now());
-                metrics::counter!(metric::TRANSACTIONS).increment(1);
-                return Ok(());
-            }
-            PgOutputMessage::Relation(relation) => {
-                debug!(relation = %relation.qualified_name(), oid = relation.oid, "relation");
-                self.relations.apply(relation);
-                return Ok(());
-            }
-            PgOutputMessage::Type(_) | PgOutputMessage::Origin(_) | PgOutputMessage::Message(_) => {
-                return Ok(())
-            }
-            PgOutputMessage::Insert(insert) => Change::Insert {
-                relation: self.relation(insert.relation)?,
-                row: insert.new,
-            },
-            PgOutputMessage::Update(update) => Change::Update {
-                relation: self.relation(update.relation)?,
-                old: update.old,
-                row: update.new,
-            },
-            PgOutputMessage::Delete(delete) => Change::Delete {
-                relation: self.relation(delete.relation)?,
-                old: delete.old,
-            },
-            PgOutputMessage::Truncate(truncate) => Change::Truncate {
-                relations: truncate
-                    .relations
-                    .iter()
-                    .map(|oid| self.relation(*oid))
-                    .collect::<Result<_, _>>()?,
-            },
-        };
-        let open = self
-            .current
-            .as_mut()
-            .ok_or_else(|| protocol("row change outside a transaction"))?;
-        open.unregistered_events += 1;
-        self.batch.push(SourceEvent {
-            seq: open.seq,
-            transaction: Arc::clone(&open.info),
-            change,
-        });
-        Ok(())
-    }
-
-    fn relation(&self, oid: pgoutput::Oid) -> Result<Arc<pgoutput::Relation>, ReplicationError> {
-        self.relations.get(oid).cloned().ok_or_else(|| {
-            protocol(&format!(
-                "change for relation {oid} before its Relation message"
-            ))
-        })
-    }
-
-    /// Tells the checkpoint about the open transaction's events before they leave.
-    fn register_current_events(&mut self) {
-        if let Some(open) = self.current.as_mut().filter(|o| o.unregistered_events > 0) {
-            self.checkpoint
-                .lock()
-                .add_events(open.seq, open.unregistered_events)
-                .expect("the open transaction is registered at Begin");
-            open.unregistered_events = 0;
         }
     }
 
@@ -440,16 +474,12 @@ impl Source {
     }
 }
 
-fn protocol(what: &str) -> ReplicationError {
-    ReplicationError::Protocol(what.to_owned())
-}
-
-/// The slot's `confirmed_flush_lsn`, once [`slot::check`] finds the slot safe to stream.
-async fn slot_confirmed_lsn(
+/// The slot's position, once [`slot::check`] finds the slot safe to stream.
+async fn slot_position(
     connection: &mut ReplicationConnection,
     slot: &str,
     believed: Option<Lsn>,
-) -> Result<Lsn, ReplicationError> {
+) -> Result<slot::SlotPosition, ReplicationError> {
     let rows = connection
         .simple_query(&slot::slot_row_sql(&quote_literal(slot)))
         .await?;
@@ -461,7 +491,11 @@ async fn slot_confirmed_lsn(
                 plugin: column(0),
                 in_this_database: column(1).as_deref() == Some("t"),
                 confirmed_flush: column(2)
-                    .map(|lsn| lsn.parse().map_err(|_| protocol("bad confirmed_flush_lsn")))
+                    .map(|lsn| {
+                        lsn.parse().map_err(|_| {
+                            ReplicationError::Protocol("bad confirmed_flush_lsn".into())
+                        })
+                    })
                     .transpose()?,
                 wal_status: column(3),
             })

@@ -8,11 +8,18 @@
 //!   position and skip everything written since the old slot's position;
 //! - it was made by another output plugin, or in another database;
 //! - PostgreSQL invalidated it (`wal_status = 'lost'`, PostgreSQL 13+): the WAL it needed
-//!   was removed (`max_slot_wal_keep_size`);
-//! - its `confirmed_flush_lsn` is ahead of the last position this relay acknowledged, while
-//!   no other relay held it meanwhile: something else advanced it
-//!   (`pg_replication_slot_advance`, another consumer, or a drop and recreate between two
-//!   connections), and the events in between were never published by us.
+//!   was removed (`max_slot_wal_keep_size`).
+//!
+//! Each of these stops protects data: streaming on would skip events nobody published.
+//!
+//! A slot found *ahead* of the last position this relay acknowledged is not a stop. In the
+//! documented standby setup another replica takes the slot whenever this one loses its
+//! connection, publishes, and advances it; this relay cannot tell that apart from
+//! `pg_replication_slot_advance` or a drop and recreate, and stopping would halt
+//! publishing for good in the common case while recovering nothing in the rare one (the
+//! rows before the slot's position are beyond reach either way). The relay resumes from the
+//! slot, logs a warning naming both positions and counts
+//! `outbox_relay_slot_advanced_elsewhere_total`, for an alert where only one relay runs.
 
 use tracing::warn;
 
@@ -37,16 +44,25 @@ pub fn slot_row_sql(quoted_slot: &str) -> String {
     )
 }
 
-/// The position to stream from, or why the slot must not be used.
+/// Where a usable slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotPosition {
+    /// The slot's `confirmed_flush_lsn`.
+    pub confirmed: Lsn,
+    /// The last position this relay acknowledged, when the slot moved past it since.
+    pub advanced_from: Option<Lsn>,
+}
+
+/// The slot's position, or why the slot must not be used.
 ///
 /// `believed` is the last position this relay acknowledged on an earlier connection, when
-/// it knows one and no other relay has held the slot since (after a standby wait it is
-/// `None`: the other replica's progress is legitimately ahead).
+/// it knows one and did not stand by since (after a standby wait it is `None`: the other
+/// replica's progress is expected to be ahead).
 pub fn check(
     slot: &str,
     row: Option<SlotRow>,
     believed: Option<Lsn>,
-) -> Result<Lsn, ReplicationError> {
+) -> Result<SlotPosition, ReplicationError> {
     let unusable = |message: String| Err(ReplicationError::SlotUnusable(message));
     let Some(row) = row else {
         return unusable(format!(
@@ -87,12 +103,10 @@ pub fn check(
             "replication slot {slot:?} has no confirmed position (it was never consistent); drop and recreate it"
         ));
     };
-    if let Some(believed) = believed.filter(|&b| confirmed > b) {
-        return unusable(format!(
-            "replication slot {slot:?} is at {confirmed}, ahead of {believed}, the last position this relay acknowledged, and no other relay held it meanwhile: something else advanced it (pg_replication_slot_advance, another consumer, or a drop and recreate), so events between the two positions may never have been published. Reconcile the outbox rows committed between them, then restart the relay"
-        ));
-    }
-    Ok(confirmed)
+    Ok(SlotPosition {
+        confirmed,
+        advanced_from: believed.filter(|&b| confirmed > b),
+    })
 }
 
 #[cfg(test)]
@@ -108,7 +122,14 @@ mod tests {
         }
     }
 
-    fn message(result: Result<Lsn, ReplicationError>) -> String {
+    fn at(confirmed: u64) -> SlotPosition {
+        SlotPosition {
+            confirmed: Lsn(confirmed),
+            advanced_from: None,
+        }
+    }
+
+    fn message(result: Result<SlotPosition, ReplicationError>) -> String {
         match result {
             Err(ReplicationError::SlotUnusable(m)) => m,
             other => panic!("expected an unusable slot, got {other:?}"),
@@ -119,15 +140,15 @@ mod tests {
     fn a_healthy_slot_streams_from_its_confirmed_position() {
         assert_eq!(
             check("s", Some(row("pgoutput", "reserved", 10)), None).unwrap(),
-            Lsn(10)
+            at(10)
         );
         assert_eq!(
             check("s", Some(row("pgoutput", "extended", 10)), Some(Lsn(10))).unwrap(),
-            Lsn(10)
+            at(10)
         );
         assert_eq!(
             check("s", Some(row("pgoutput", "unreserved", 10)), Some(Lsn(20))).unwrap(),
-            Lsn(10),
+            at(10),
             "behind our belief is fine: a status update may not have reached the server"
         );
     }
@@ -141,12 +162,6 @@ mod tests {
         );
         let lost = message(check("s", Some(row("pgoutput", "lost", 1)), None));
         assert!(lost.contains("invalidated") && lost.contains("max_slot_wal_keep_size"));
-        let ahead = message(check(
-            "s",
-            Some(row("pgoutput", "reserved", 30)),
-            Some(Lsn(20)),
-        ));
-        assert!(ahead.contains("ahead of 0/14") && ahead.contains("pg_replication_slot_advance"));
         let elsewhere = SlotRow {
             in_this_database: false,
             ..row("pgoutput", "reserved", 1)
@@ -160,11 +175,20 @@ mod tests {
     }
 
     #[test]
-    fn ahead_is_accepted_when_no_position_is_believed() {
-        // After a standby wait, or on the first connection.
+    fn a_slot_ahead_resumes_from_the_slot() {
+        // After a standby wait, or on the first connection: expected.
         assert_eq!(
             check("s", Some(row("pgoutput", "reserved", 30)), None).unwrap(),
-            Lsn(30)
+            at(30)
+        );
+        // Another replica held it while this one was away (or someone advanced it): no
+        // stop, but the caller learns where this relay had been, to warn.
+        assert_eq!(
+            check("s", Some(row("pgoutput", "reserved", 30)), Some(Lsn(20))).unwrap(),
+            SlotPosition {
+                confirmed: Lsn(30),
+                advanced_from: Some(Lsn(20)),
+            }
         );
     }
 }

@@ -6,7 +6,7 @@
 //! included, has happened) and reads the topic back: lost is the seqs that never arrived,
 //! duplicates the records beyond one per seq.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub struct Figures {
     pub faults: usize,
     pub recovery_max: Duration,
     pub peak_rss_kib: u64,
+    /// Keys whose first deliveries arrived out of commit order.
+    pub order_breaks: usize,
     /// Anything else worth a figure, e.g. the slowest takeover.
     pub extra: String,
 }
@@ -78,6 +80,10 @@ impl Figures {
             if self.extra.is_empty() { String::new() } else { format!("  {}", self.extra) }
         );
         assert_eq!(self.lost, 0, "{scenario}: events lost");
+        assert_eq!(
+            self.order_breaks, 0,
+            "{scenario}: first deliveries out of per-key order"
+        );
         assert!(
             self.peak_rss_kib < 128 * 1024,
             "{scenario}: relay RSS {} KiB is over 128 MiB",
@@ -171,6 +177,33 @@ pub async fn tally(
         );
     }
     figures.duplicates = records.len() - seen.len();
+    // Per key, the first delivery of each seq must come in commit (= seq) order; repeats
+    // of already delivered seqs are the at-least-once duplicates, printed below.
+    let mut first = HashSet::new();
+    let mut last_first: HashMap<Option<Vec<u8>>, i64> = HashMap::new();
+    let mut repeated = Vec::new();
+    for record in &records {
+        let n = seq_of(record);
+        if first.insert(n) {
+            if let Some(previous) = last_first.insert(record.key.clone(), n) {
+                if previous > n {
+                    figures.order_breaks += 1;
+                }
+            }
+        } else {
+            repeated.push(n);
+        }
+    }
+    if !repeated.is_empty() {
+        repeated.sort_unstable();
+        let shown: Vec<String> = repeated.iter().take(20).map(i64::to_string).collect();
+        println!(
+            "duplicates ({}): seqs {}{}",
+            repeated.len(),
+            shown.join(", "),
+            if repeated.len() > 20 { ", ..." } else { "" }
+        );
+    }
 }
 
 /// `config` with `key = value` lines added under `[source]`.
