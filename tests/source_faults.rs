@@ -8,7 +8,9 @@
 //! - the database is restored from a copy taken earlier while the relay runs: every row
 //!   written after the restore must be published (they used to be skipped silently);
 //! - two replicas, the active one paused until its walsender ends, the other takes over,
-//!   publishes and dies: the first must resume, not stop.
+//!   publishes and dies: the first must resume, not stop;
+//! - `source.url` reaching another database system (a rebuilt cluster behind the same
+//!   address): the relay stops with the fix, or follows it when `on_new_system = "follow"`.
 
 mod common;
 
@@ -197,13 +199,11 @@ async fn a_walsender_terminated_while_blocked_on_a_frozen_broker_loses_nothing_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (issue 12 stays open): after the thaw the relay sometimes does not stream again in time; run with --ignored"]
 async fn a_connection_cut_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs() {
     backpressure_then(Fault::Cut, "bp_cut").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky (issue 12 stays open): after the thaw the relay sometimes does not stream again in time; run with --ignored"]
 async fn a_connection_stalled_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs() {
     backpressure_then(Fault::Stall, "bp_stall").await;
 }
@@ -321,4 +321,95 @@ async fn a_paused_replica_resumes_after_the_other_took_over_and_died() {
     );
     figures.sample_rss(&a);
     figures.report("two replicas, paused one resumes");
+}
+
+/// A second cluster (another system identifier) with the stage's database, outbox table,
+/// publication and slot, as an operator would prepare a rebuilt cluster.
+async fn another_system_like(stage: &Stage) -> PgCluster {
+    let other = tokio::task::block_in_place(|| PgCluster::start(PgOptions::default()));
+    other.psql("postgres", &format!("CREATE DATABASE {}", stage.db));
+    let admin = other.client(&stage.db).await;
+    admin.batch_execute(common::OUTBOX_DDL).await.unwrap();
+    let slot = &stage.slot;
+    admin
+        .batch_execute(&format!(
+            "CREATE PUBLICATION {slot}_pub FOR TABLE public.outbox"
+        ))
+        .await
+        .unwrap();
+    admin
+        .execute(
+            "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+            &[slot],
+        )
+        .await
+        .unwrap();
+    other
+}
+
+/// The relay streams through a proxy from one cluster; the proxy is then pointed at
+/// another cluster (a rebuilt or replaced database behind the same `source.url`) and the
+/// connection cut. Returns the relay, the stage (its admin client on the other cluster),
+/// the other cluster and the proxy, which must outlive the relay's use of it.
+async fn switch_systems(
+    name: &str,
+    source_settings: &str,
+) -> (RelayProcess, Stage, PgCluster, FaultProxy) {
+    let cluster = PgCluster::shared();
+    let broker = Broker::shared();
+    let mut stage = Stage::new(cluster, name).await;
+    let proxy = FaultProxy::to(pg_address(cluster)).await;
+    let config = stage.config("relay.toml", &proxy.address(), &broker.bootstrap());
+    let config = common::chaos::with_source_settings(&config, source_settings);
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let mut figures = Figures::default();
+    write_seq(&stage.admin, 0, 1_000).await;
+    stage.fault_ended(&mut figures).await; // Published from the first system.
+
+    let other = another_system_like(&stage).await;
+    proxy.retarget(pg_address(&other));
+    proxy.cut();
+    stage.admin = other.client(&stage.db).await;
+    (relay, stage, other, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_system_behind_the_same_url_stops_the_relay_with_the_fix() {
+    let (mut relay, stage, _other, _proxy) = switch_systems("newsys_stop", "").await;
+    write_seq(&stage.admin, 1_000, 1_100).await;
+    let status = relay.wait_exit(Duration::from_secs(120)).await;
+    assert_eq!(status.code(), Some(1), "stops:\n{}", relay.log());
+    let log = relay.log();
+    assert!(
+        log.contains("another database system") && log.contains("source.on_new_system"),
+        "the exit names the change and the setting that allows it:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_system_followed_when_configured_publishes_its_rows() {
+    let (mut relay, stage, _other, _proxy) =
+        switch_systems("newsys_follow", "on_new_system = \"follow\"").await;
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let mut figures = Figures::default();
+    let followed = Instant::now();
+    write_seq(&stage.admin, 1_000, 2_000).await;
+    stage.fault_ended_at(&mut figures, followed).await;
+    stage.tally(&mut figures, Broker::shared(), 2_000).await;
+    assert!(relay.is_running(), "follows:\n{}", relay.log());
+    assert!(
+        relay.log().contains("followed as source.on_new_system"),
+        "says it follows another system:\n{}",
+        relay.log()
+    );
+    let (_, metrics) = relay.admin_get("/metrics");
+    assert_eq!(
+        sample(&metrics, "outbox_relay_history_rewinds_total"),
+        Some(1.0),
+        "counted:\n{metrics}"
+    );
+    figures.sample_rss(&relay);
+    figures.extra = "followed another system".into();
+    figures.report("another system, followed");
 }
