@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The full fault suite (CI runs a short version of it with the other tests): SIGKILLs,
 # failover between two replicas, PostgreSQL and broker connection cuts and stalls, a
-# frozen broker, PostgreSQL restarts, broker restarts (SIGTERM and SIGKILL), Write revoked
-# on a topic (ACLs), an unpaced backlog drained through every fault, source faults under
-# backpressure (tests/source_faults.rs), and unsafe slots. Prints one line per scenario;
-# the tally also checks per-key order of first deliveries and prints duplicates.
+# frozen broker, a broker fenced by its controller, PostgreSQL restarts, broker restarts
+# (SIGTERM and SIGKILL), Write revoked on a topic (ACLs), an unpaced backlog drained
+# through every fault, source faults under backpressure, another system behind the same
+# URL (tests/source_faults.rs), SASL_SSL with SCRAM, and unsafe slots. Prints one line
+# per scenario; the tally also checks per-key order of first deliveries and prints
+# duplicates.
 #
 #   scripts/chaos.sh           # full sizes: 20 kills in 200,000 events, 5 failovers, ...
 #   scripts/chaos.sh --short   # the CI sizes
@@ -21,7 +23,7 @@ echo "== fault suite (CHAOS_FULL=$CHAOS_FULL); full output: $LOG"
 status=0
 # Release build: the figures are meant to be read as production-like. The scenarios run
 # one at a time so their faults and figures do not disturb each other.
-cargo test --release --locked --test chaos --test broker_faults --test source_faults \
+cargo test --release --locked --test chaos --test broker_faults --test source_faults --test kafka_sasl_ssl \
   --test slot_safety -- --include-ignored --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
