@@ -181,6 +181,8 @@ fn simulate(sizes: &[u8], choices: &[u16]) {
             script.push((i, commit(i)));
         }
         let mut script = script.into_iter();
+        // Keepalives in a row: bounded, so a `choices` of only keepalives cannot spin.
+        let mut idle = 0;
         loop {
             let c = choice.next().unwrap_or(0);
             match c % 11 {
@@ -205,7 +207,8 @@ fn simulate(sizes: &[u8], choices: &[u16]) {
                     acked_now[event.transaction.xid as usize] += 1;
                     checkpoint.ack(event.seq, 1).unwrap();
                 }
-                3 => {
+                3 if idle < 3 => {
+                    idle += 1;
                     // A keepalive at an arbitrary position the server has sent up to.
                     let at = Lsn(u64::from(c) % (sent.0 + 1));
                     a.keepalive(at).unwrap();
@@ -213,6 +216,7 @@ fn simulate(sizes: &[u8], choices: &[u16]) {
                 4 | 5 if a.batch_len() > 0 => downstream.extend(a.hand_over().unwrap()),
                 _ => match script.next() {
                     Some((i, message)) => {
+                        idle = 0;
                         if matches!(message, PgOutputMessage::Commit(_)) {
                             committed_now[i] = true;
                             sent = end(i);
@@ -262,6 +266,11 @@ fn check(checkpoint: &SharedCheckpoint, delivered: &[bool], last: &mut Lsn) {
             );
         }
     }
+}
+
+#[test]
+fn a_script_of_only_keepalives_still_ends() {
+    simulate(&[2, 0, 1], &[3]);
 }
 
 proptest! {
