@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::http::request;
-use support::{group, wait_for, Kind, SagaEnv, REPLICAS, UNDELIVERABLE};
+use support::{diagnose, group, try_wait_for, wait_for, Kind, SagaEnv, REPLICAS, UNDELIVERABLE};
 use uuid::Uuid;
 
 const ORDERS: usize = 300;
@@ -338,6 +338,27 @@ async fn assert_each_event_applied_once(env: &SagaEnv) {
     }
 }
 
+/// Where the events that were not applied are: missing from Kafka, or in Kafka at a
+/// (partition, offset) a service never applied.
+async fn unsettled_evidence(env: &SagaEnv) -> String {
+    let published = published(env).await;
+    let mut applied = BTreeMap::new();
+    for (kind, (service, topics)) in Kind::ALL.into_iter().zip(CONSUMES) {
+        let ids: BTreeSet<Uuid> = env
+            .client(kind)
+            .await
+            .query("SELECT event_id FROM inbox", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        applied.insert(service, (topics.to_vec(), ids));
+    }
+    let broker = &env.broker;
+    tokio::task::block_in_place(|| diagnose::report(broker, &published, &applied))
+}
+
 /// Places `orders` at once, each in its own task, counting acceptances in `accepted`.
 fn place(
     order_addr: std::net::SocketAddr,
@@ -447,7 +468,7 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_repli
     }
     let takeover = killed_at.elapsed();
 
-    let settled = wait_for("every saga final and the stock settled", SETTLE, || async {
+    let settled = try_wait_for("every saga final and the stock settled", SETTLE, || async {
         let s = state(&env).await;
         if s.settled(&placed) {
             Ok(s)
@@ -456,6 +477,10 @@ async fn concurrent_sagas_end_terminal_with_stock_intact_through_relay_and_repli
         }
     })
     .await;
+    let settled = match settled {
+        Ok(settled) => settled,
+        Err(timed_out) => panic!("{timed_out}\n{}", unsettled_evidence(&env).await),
+    };
 
     let s = &settled;
     let completed = s.count("COMPLETED");

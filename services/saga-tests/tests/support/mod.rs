@@ -9,6 +9,7 @@
 //! own test harness (`tests/common/`), watchdogs included.
 #![allow(dead_code)]
 
+pub mod diagnose;
 pub mod group;
 pub mod http;
 #[path = "../../../../tests/common/kafka.rs"]
@@ -262,7 +263,23 @@ impl SagaEnv {
 
 /// Polls `probe` until it returns `Ok`, or panics with `what` and the last `Err` (what
 /// was seen instead) after `timeout`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    try_wait_for(what, timeout, probe)
+        .await
+        .unwrap_or_else(|timed_out| panic!("{timed_out}"))
+}
+
+/// [`wait_for`] that returns the timeout (what was awaited and last seen) instead of
+/// panicking, for a caller that gathers more evidence first.
+pub async fn try_wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut probe: F,
+) -> Result<T, String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
@@ -270,13 +287,14 @@ where
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let seen = match probe().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(seen) => seen,
         };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+            ));
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

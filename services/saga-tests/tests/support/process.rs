@@ -12,6 +12,8 @@ use super::{free_port, Kind, UNDELIVERABLE};
 
 /// How long a replica may take to migrate its database and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many of a failed test's replica warnings are printed, newest last.
+const WARNINGS_SHOWN: usize = 40;
 
 /// One running replica of a service.
 #[derive(Debug)]
@@ -128,11 +130,18 @@ impl Drop for ServiceProcess {
         }
         if std::thread::panicking() {
             // The test failed: the replicas' last words are the best clue.
+            // Its warnings too: a stalled partition's diagnostic is one of them.
             let log = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
+            let warnings: Vec<&str> = lines
+                .iter()
+                .copied()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+                .collect();
             eprintln!(
-                "--- last lines of {} ---\n{}",
+                "--- last warnings of {} ---\n{}\n--- last lines ---\n{}",
                 self.log.display(),
+                warnings[warnings.len().saturating_sub(WARNINGS_SHOWN)..].join("\n"),
                 lines[lines.len().saturating_sub(20)..].join("\n")
             );
         }
