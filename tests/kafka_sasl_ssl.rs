@@ -18,8 +18,8 @@ use common::chaos::{Figures, Stage};
 use common::kafka::{Broker, BrokerOptions};
 use common::pg::PgCluster;
 use common::relay::RelayProcess;
-use common::workload::{seq_of, write_seq};
-use common::{confirmed_flush, marker, openssl, wait_for};
+use common::workload::write_seq;
+use common::{confirmed_flush, openssl};
 
 /// Long and unusual, so a match in a log cannot be a coincidence.
 const PASSWORD: &str = "s3cret-Scram-512-pw-7f1c2e";

@@ -26,7 +26,7 @@ const ROWS_PER_KEY: usize = 2;
 /// apart) and beyond, ASCII and not, as outbox aggregate ids come: numbers, names, UUIDs.
 /// None contains the console producer's separator (a tab) or a line break.
 fn keys() -> Vec<String> {
-    let mut rng = Rng(0x5EED_0F_CAFE);
+    let mut rng = Rng(0x5EED_F0CA_CAFE);
     let mut keys: Vec<String> = vec![String::new()];
     let alphabet: Vec<char> = "abcXYZ019-_.:/= äéßжк漢字🙂".chars().collect();
     for len in 1..=40 {
