@@ -503,7 +503,7 @@ impl Config {
                 ));
             }
             if let Err(e) = crate::kafka::properties::check_user_properties(&kafka.properties) {
-                return Err(("kafka.properties", e));
+                return Err(("kafka.properties", e.to_string()));
             }
         }
         Ok(())

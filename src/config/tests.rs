@@ -184,6 +184,36 @@ fn kafka_properties_that_weaken_guarantees_are_rejected_by_name() {
         line.starts_with("relay.toml: kafka.properties: \"acks\" must stay all"),
         "{line}"
     );
+    let text = format!(
+        "{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\npartitioner = \"consistent_random\"\n"
+    );
+    let line = error_line(&text);
+    assert!(
+        line.starts_with(
+            "relay.toml: kafka.properties: \"partitioner\" = \"consistent_random\" is refused: keys would not land"
+        ) && line.ends_with("remove it (the relay uses murmur2_random) or set murmur2"),
+        "{line}"
+    );
+    let text = format!(
+        "{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\"queuing.strategy\" = \"lifo\"\n"
+    );
+    let line = error_line(&text);
+    assert!(
+        line.starts_with(
+            "relay.toml: kafka.properties: \"queuing.strategy\" = \"lifo\" is refused"
+        ),
+        "{line}"
+    );
+    let text = format!(
+        "{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\n[kafka.properties]\n\"delivery.report.only.error\" = \"true\"\n"
+    );
+    let line = error_line(&text);
+    assert!(
+        line.starts_with(
+            "relay.toml: kafka.properties: \"delivery.report.only.error\" = \"true\" is refused"
+        ),
+        "{line}"
+    );
     let text = format!("{MINIMAL}[kafka]\nbootstrap_servers = \"k:9092\"\ntopic_partitions = 0\n");
     assert!(error_line(&text).starts_with("relay.toml: kafka.topic_partitions: must be positive"));
 }

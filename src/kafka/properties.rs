@@ -6,6 +6,11 @@
 //! long outage delays events but never drops or reorders them; the bounded queue turns the
 //! wait into backpressure). Users may pass any other property through `[kafka.properties]`,
 //! as Vector does; one that would weaken these guarantees is rejected with the reason.
+//!
+//! Where a key's events land matters as much as their order: a team moving from Debezium
+//! keeps every key on the partition Debezium (the Java client) put it on, so a key's
+//! history does not split at the cut-over. The relay therefore partitions as Java does
+//! (`murmur2_random`) and refuses partitioners that would not.
 
 use std::collections::BTreeMap;
 
@@ -71,7 +76,17 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     // Broker state, round trips and queue depth for metrics and readiness.
     ("statistics.interval.ms", "1000"),
     (REBOOTSTRAP_KEY, REBOOTSTRAP_AFTER_MS),
+    // librdkafka's default, `consistent_random`, hashes keys with CRC32; Debezium and every
+    // Java producer use murmur2 (`toPositive(murmur2(key)) % partitions`). `murmur2_random`
+    // is librdkafka's Java-compatible partitioner: the same key lands on the same partition
+    // number as from Debezium, and NULL keys are spread as Java's sticky partitioner does.
+    // `murmur2` (NULL keys all on one partition) is accepted too; others are refused.
+    (PARTITIONER_KEY, JAVA_PARTITIONER),
 ];
+
+/// The partitioner property and the relay's default for it (see [`DEFAULTS`]).
+pub const PARTITIONER_KEY: &str = "partitioner";
+pub const JAVA_PARTITIONER: &str = "murmur2_random";
 
 /// librdkafka forgets every broker that a metadata response leaves out. A broker in
 /// controlled shutdown (SIGTERM) leaves itself out, so after a single-node cluster (or
@@ -85,30 +100,97 @@ pub const DEFAULTS: &[(&str, &str)] = &[
 pub const REBOOTSTRAP_KEY: &str = "metadata.recovery.rebootstrap.trigger.ms";
 pub const REBOOTSTRAP_AFTER_MS: &str = "10000";
 
+/// A `[kafka.properties]` entry the relay refuses; the message names the property, why it
+/// is refused and what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PropertyError {
+    #[error("{key:?} cannot be set here: {fix}")]
+    Forbidden { key: String, fix: &'static str },
+    #[error("{key:?} must stay {required}: {why}; remove it")]
+    Owned {
+        key: String,
+        required: &'static str,
+        why: &'static str,
+    },
+    #[error("{key:?} = {value:?} is refused: {why}; {fix}")]
+    Refused {
+        key: String,
+        value: String,
+        why: &'static str,
+        fix: &'static str,
+    },
+}
+
 /// Checks `[kafka.properties]`; the error names the property and the reason.
-pub fn check_user_properties(properties: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_user_properties(properties: &BTreeMap<String, String>) -> Result<(), PropertyError> {
     for (key, value) in properties {
         if let Some((_, fix)) = FORBIDDEN.iter().find(|(k, _)| k == key) {
-            return Err(format!("{key:?} cannot be set here: {fix}"));
+            return Err(PropertyError::Forbidden {
+                key: key.clone(),
+                fix,
+            });
         }
         if let Some((_, required, why)) = OWNED.iter().find(|(k, _, _)| k == key) {
             let same = value == required || (*key == "acks" && value == "-1");
             if !same {
-                return Err(format!("{key:?} must stay {required}: {why}; remove it"));
+                return Err(PropertyError::Owned {
+                    key: key.clone(),
+                    required,
+                    why,
+                });
             }
         }
-        if key == "max.in.flight.requests.per.connection" || key == "max.in.flight" {
-            match value.parse::<u32>() {
-                Ok(1..=5) => {}
-                _ => {
-                    return Err(format!(
-                        "{key:?} must be 1 to 5: the idempotent producer keeps order only up to 5"
-                    ))
-                }
-            }
+        if let Some((why, fix)) = refusal(key, value) {
+            return Err(PropertyError::Refused {
+                key: key.clone(),
+                value: value.clone(),
+                why,
+                fix,
+            });
         }
     }
     Ok(())
+}
+
+/// Why `key = value` would break per-key order, placement or acknowledgement, and the fix;
+/// `None` when the value is fine (or the property is not one of these).
+fn refusal(key: &str, value: &str) -> Option<(&'static str, &'static str)> {
+    match key {
+        "max.in.flight.requests.per.connection" | "max.in.flight" => {
+            (!matches!(value.parse::<u32>(), Ok(1..=5))).then_some((
+                "the idempotent producer keeps order only with 1 to 5 requests in flight",
+                "set 1 to 5 or remove it",
+            ))
+        }
+        // librdkafka compares partitioner names case-sensitively.
+        PARTITIONER_KEY => match value {
+            "murmur2_random" | "murmur2" => None,
+            "random" => Some((
+                "a random partitioner spreads one key's events over partitions, so their order is lost",
+                "remove it (the relay uses murmur2_random, as Debezium and the Java client do)",
+            )),
+            _ => Some((
+                "keys would not land on the partitions where Debezium and Java clients put them (they hash with murmur2), so a key's history would split across partitions",
+                "remove it (the relay uses murmur2_random) or set murmur2",
+            )),
+        },
+        // Enum values are case-insensitive in librdkafka.
+        "queuing.strategy" => (!value.eq_ignore_ascii_case("fifo")).then_some((
+            "only fifo sends a key's events in the order they were committed",
+            "remove it",
+        )),
+        // librdkafka reads "true", "t" and "1" (any case) as true.
+        "delivery.report.only.error" => (!is_false(value)).then_some((
+            "the relay acknowledges an event to PostgreSQL only from its successful delivery report",
+            "remove it",
+        )),
+        _ => None,
+    }
+}
+
+/// Whether librdkafka reads `value` as boolean false.
+fn is_false(value: &str) -> bool {
+    ["false", "f"].iter().any(|f| value.eq_ignore_ascii_case(f)) || value == "0"
 }
 
 /// The producer's librdkafka config: defaults, then the user's, then what the relay owns.
@@ -182,14 +264,110 @@ mod tests {
                 .is_ok()
         );
         let err = check_user_properties(&props(&[("acks", "1")])).unwrap_err();
-        assert!(err.starts_with("\"acks\" must stay all"), "{err}");
+        assert!(
+            err.to_string().starts_with("\"acks\" must stay all"),
+            "{err}"
+        );
         let err = check_user_properties(&props(&[("enable.idempotence", "false")])).unwrap_err();
-        assert!(err.contains("enable.idempotence"), "{err}");
+        assert!(err.to_string().contains("enable.idempotence"), "{err}");
         let err = check_user_properties(&props(&[("bootstrap.servers", "x:1")])).unwrap_err();
-        assert!(err.contains("kafka.bootstrap_servers"), "{err}");
+        assert!(err.to_string().contains("kafka.bootstrap_servers"), "{err}");
         let err = check_user_properties(&props(&[("max.in.flight.requests.per.connection", "10")]))
             .unwrap_err();
-        assert!(err.contains("1 to 5"), "{err}");
+        assert!(err.to_string().contains("1 to 5"), "{err}");
+    }
+
+    /// The message of the refusal of `key = value`.
+    fn refused(key: &str, value: &str) -> String {
+        match check_user_properties(&props(&[(key, value)])) {
+            Err(e @ PropertyError::Refused { .. }) => e.to_string(),
+            other => panic!("{key} = {value}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_java_compatible_partitioners_are_accepted() {
+        for ok in ["murmur2_random", "murmur2"] {
+            assert_eq!(
+                check_user_properties(&props(&[("partitioner", ok)])),
+                Ok(())
+            );
+        }
+        for hash in [
+            "consistent",
+            "consistent_random",
+            "fnv1a",
+            "fnv1a_random",
+            "Murmur2",
+        ] {
+            let err = refused("partitioner", hash);
+            assert!(
+                err.starts_with(&format!(
+                    "\"partitioner\" = \"{hash}\" is refused: keys would not land"
+                )),
+                "{err}"
+            );
+            assert!(err.contains("Debezium and Java clients"), "{err}");
+            assert!(
+                err.ends_with("remove it (the relay uses murmur2_random) or set murmur2"),
+                "{err}"
+            );
+        }
+        let err = refused("partitioner", "random");
+        assert!(err.contains("their order is lost"), "{err}");
+        assert!(err.contains("remove it"), "{err}");
+    }
+
+    #[test]
+    fn lifo_queuing_is_refused() {
+        assert_eq!(
+            check_user_properties(&props(&[("queuing.strategy", "FIFO")])),
+            Ok(())
+        );
+        for lifo in ["lifo", "LIFO"] {
+            let err = refused("queuing.strategy", lifo);
+            assert!(
+                err.contains("only fifo sends a key's events in the order"),
+                "{err}"
+            );
+            assert!(err.ends_with("remove it"), "{err}");
+        }
+    }
+
+    #[test]
+    fn error_only_delivery_reports_are_refused() {
+        for off in ["false", "False", "f", "0"] {
+            let set = props(&[("delivery.report.only.error", off)]);
+            assert_eq!(check_user_properties(&set), Ok(()), "{off}");
+        }
+        for on in ["true", "TRUE", "t", "1"] {
+            let err = refused("delivery.report.only.error", on);
+            assert!(
+                err.contains("only from its successful delivery report"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_partitioner_is_javas_and_yields_to_murmur2() {
+        let kafka = |properties| KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication_factor: 1,
+            unknown_topic_wait_ms: 1_000,
+            properties,
+        };
+        let config = producer_config(&kafka(BTreeMap::new()));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        let config = producer_config(&kafka(props(&[("partitioner", "murmur2")])));
+        assert_eq!(config.get("partitioner"), Some("murmur2"));
+        // Not for the admin client and consumers, which would reject it.
+        assert_eq!(
+            connection_config(&kafka(BTreeMap::new())).get("partitioner"),
+            None
+        );
     }
 
     #[test]

@@ -580,6 +580,13 @@ fn topic_partitions(consumer: &BaseConsumer, topic: &str) -> Result<Vec<i32>, St
 /// the installed jars and returns its output; panics if it fails. For what rdkafka has no
 /// API for, such as ACLs.
 pub fn kafka_tool(class: &str, args: &[&str]) -> String {
+    kafka_tool_with_input(class, args, b"")
+}
+
+/// [`kafka_tool`] with `input` on its stdin (closed after it), e.g. the records for
+/// `org.apache.kafka.tools.ConsoleProducer`: the Java client itself, not a reimplementation.
+pub fn kafka_tool_with_input(class: &str, args: &[&str], input: &[u8]) -> String {
+    use std::io::Write;
     let script = broker_script();
     let libs = Command::new("bash")
         .arg("-c")
@@ -589,14 +596,25 @@ pub fn kafka_tool(class: &str, args: &[&str]) -> String {
         .output()
         .expect("read scripts/kafka/version.sh");
     let libs = String::from_utf8_lossy(&libs.stdout).trim().to_owned();
-    let output = Command::new("java")
+    let mut child = Command::new("java")
         .arg("-cp")
         .arg(format!("{libs}/*"))
         .arg(class)
         .args(args)
-        .stdin(Stdio::null())
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("run java");
+    let mut stdin = child.stdin.take().expect("java stdin");
+    // Written from another thread: a tool that prints while it reads cannot block us.
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let output = child.wait_with_output().expect("wait for java");
+    writer
+        .join()
+        .expect("stdin writer")
+        .expect("write java stdin");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
