@@ -355,8 +355,31 @@ async fn unsettled_evidence(env: &SagaEnv) -> String {
             .collect();
         applied.insert(service, (topics.to_vec(), ids));
     }
+    // An event absent from Kafka with its relay's slot past it was acknowledged without
+    // being delivered (a loss); with the slot behind it, the relay still holds it (a stall).
+    let mut slots = String::new();
+    for kind in Kind::ALL {
+        let slot = format!("{}_outbox", kind.name());
+        let row = env
+            .client(kind)
+            .await
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text, pg_current_wal_lsn()::text, active \
+                 FROM pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .unwrap();
+        let state = row.map_or("no slot".to_owned(), |r| {
+            let (confirmed, current, active): (Option<String>, String, bool) =
+                (r.get(0), r.get(1), r.get(2));
+            format!("confirmed {confirmed:?}, server WAL {current}, active {active}")
+        });
+        slots += &format!("\nslot {slot}: {state}");
+    }
     let broker = &env.broker;
-    tokio::task::block_in_place(|| diagnose::report(broker, &published, &applied))
+    let report = tokio::task::block_in_place(|| diagnose::report(broker, &published, &applied));
+    format!("{report}{slots}")
 }
 
 /// Places `orders` at once, each in its own task, counting acceptances in `accepted`.
