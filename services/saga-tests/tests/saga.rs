@@ -379,7 +379,37 @@ async fn unsettled_evidence(env: &SagaEnv) -> String {
     }
     let broker = &env.broker;
     let report = tokio::task::block_in_place(|| diagnose::report(broker, &published, &applied));
-    format!("{report}{slots}")
+    // A row the relay dead-lettered is acknowledged too: the DLQ topics tell it from a loss.
+    let mut dead = String::new();
+    for kind in Kind::ALL {
+        let topic = format!("outbox.dlq.{}", kind.name());
+        let found = tokio::task::block_in_place(|| diagnose::records(broker, &topic));
+        dead += &match found {
+            Ok((records, _)) => {
+                format!("\n{topic}: {} records {:?}", records.len(), records.keys())
+            }
+            Err(e) => format!("\n{topic}: {e}"),
+        };
+    }
+    // The relays' warnings and errors, every run of each.
+    let mut relay_lines = String::new();
+    if let Ok(entries) = std::fs::read_dir(env.dir.path()) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !(name.starts_with("relay-") && name.ends_with(".log")) {
+                continue;
+            }
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            for line in text
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .take(40)
+            {
+                relay_lines += &format!("\n{name}: {line}");
+            }
+        }
+    }
+    format!("{report}{slots}{dead}{relay_lines}")
 }
 
 /// Places `orders` at once, each in its own task, counting acceptances in `accepted`.
