@@ -62,25 +62,13 @@ async fn broker_restarts(down: Down, name: &str, scenario: &str) {
     // Its own broker: the shared one must stay up for the other scenarios.
     let broker = tokio::task::block_in_place(Broker::start);
     let stage = Stage::new(cluster, name).await;
-    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
-    let mut relay = stage.start(&config);
-    relay.wait_streaming(&stage.admin, &stage.slot).await;
-    let writer = paced_writer(
-        cluster.client(&stage.db).await,
-        total,
-        rate(total, 6 * restarts),
-    );
+    let (mut relay, writer) = stream_paced(&stage, cluster, &broker, total, 6 * restarts).await;
 
     let mut figures = Figures::default();
     let mut longest_down = Duration::ZERO;
     for _ in 0..restarts {
         // Mid-stream: the relay has delivered part of the stream and has more in flight.
-        wait_for(
-            "the relay to deliver part of the stream",
-            Duration::from_secs(60),
-            || async { (delivered(&relay) > 0).then_some(()) },
-        )
-        .await;
+        wait_delivering(&relay).await;
         figures.sample_rss(&relay);
         let went_down = Instant::now();
         tokio::task::block_in_place(|| {
@@ -134,23 +122,11 @@ async fn a_broker_fenced_by_its_controller_loses_nothing() {
         })
     });
     let stage = Stage::new(cluster, "brokerfence").await;
-    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
-    let mut relay = stage.start(&config);
-    relay.wait_streaming(&stage.admin, &stage.slot).await;
-    let writer = paced_writer(
-        cluster.client(&stage.db).await,
-        total,
-        rate(total, 20 * fencings),
-    );
+    let (mut relay, writer) = stream_paced(&stage, cluster, &broker, total, 20 * fencings).await;
 
     let mut figures = Figures::default();
     for fencing in 1..=fencings {
-        wait_for(
-            "the relay to deliver part of the stream",
-            Duration::from_secs(60),
-            || async { (delivered(&relay) > 0).then_some(()) },
-        )
-        .await;
+        wait_delivering(&relay).await;
         heartbeats.stall();
         wait_for(
             "the controller to fence the broker",
@@ -194,6 +170,32 @@ fn rebootstraps(relay: &RelayProcess) -> u64 {
         .find(|l| l.starts_with("outbox_relay_kafka_rebootstraps_total"))
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .unwrap_or(0.0) as u64
+}
+
+/// Starts the stage's relay on `broker`, waits until it streams, and writes `total` rows
+/// paced over about `seconds`.
+async fn stream_paced(
+    stage: &Stage,
+    cluster: &PgCluster,
+    broker: &Broker,
+    total: i64,
+    seconds: u64,
+) -> (RelayProcess, tokio::task::JoinHandle<()>) {
+    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let writer = paced_writer(cluster.client(&stage.db).await, total, rate(total, seconds));
+    (relay, writer)
+}
+
+/// Waits until the relay has delivered part of the stream (so a fault lands mid-stream).
+async fn wait_delivering(relay: &RelayProcess) {
+    wait_for(
+        "the relay to deliver part of the stream",
+        Duration::from_secs(60),
+        || async { (delivered(relay) > 0).then_some(()) },
+    )
+    .await;
 }
 
 /// `outbox_relay_events_total` summed over its series.

@@ -377,14 +377,7 @@ async fn an_unpaced_backlog_drained_at_full_speed_through_every_fault_loses_noth
             }
             "postgres cut" => proxy.cut(),
             "walsender terminated" => {
-                stage
-                    .admin
-                    .execute(
-                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
-                        &[&stage.slot],
-                    )
-                    .await
-                    .unwrap();
+                stage.terminate_walsender().await;
             }
             _ => {
                 broker.freeze();

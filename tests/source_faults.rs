@@ -137,14 +137,7 @@ async fn backpressure_then(fault: Fault, name: &str) {
     let faulted = Instant::now();
     match fault {
         Fault::Terminate => {
-            stage
-                .admin
-                .execute(
-                    "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
-                    &[&stage.slot],
-                )
-                .await
-                .unwrap();
+            stage.terminate_walsender().await;
         }
         Fault::Cut => proxy.cut(),
         Fault::Stall => {

@@ -263,6 +263,17 @@ impl Stage {
         RelayProcess::start(config, self.dir.path())
     }
 
+    /// Ends the walsender that streams this stage's slot (`pg_terminate_backend`).
+    pub async fn terminate_walsender(&self) {
+        self.admin
+            .execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1",
+                &[&self.slot],
+            )
+            .await
+            .unwrap();
+    }
+
     /// Counts a fault that just ended and waits until the relay has recovered from it.
     pub async fn fault_ended(&self, figures: &mut Figures) {
         self.fault_ended_at(figures, Instant::now()).await;
