@@ -44,6 +44,9 @@ pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Times the Kafka client was given its bootstrap servers again (see `kafka::rebootstrap`).
 pub const KAFKA_REBOOTSTRAPS: &str = "outbox_relay_kafka_rebootstraps_total";
+/// Records librdkafka reported delivered without the broker's offset, sent again (see
+/// `kafka::producer`).
+pub const KAFKA_UNCONFIRMED_DELIVERIES: &str = "outbox_relay_kafka_unconfirmed_deliveries_total";
 /// Connections that found the server's history gone back (restore, failover, another system).
 pub const HISTORY_REWINDS: &str = "outbox_relay_history_rewinds_total";
 /// Connections that found the slot ahead of what this relay acknowledged.
@@ -173,6 +176,10 @@ pub fn describe() {
     describe_counter!(
         KAFKA_REBOOTSTRAPS,
         "Times the Kafka client had lost every broker and was given its bootstrap servers again"
+    );
+    describe_counter!(
+        KAFKA_UNCONFIRMED_DELIVERIES,
+        "Records librdkafka reported delivered without an offset from the broker (inferred, not confirmed); each was sent again, so it may repeat but is never lost"
     );
     describe_counter!(
         HISTORY_REWINDS,

@@ -344,7 +344,7 @@ enum SendAgain {
 }
 
 /// The record `in_flight` was: its routed record, or the dead letter it carried.
-fn rebuild(router: &mut Router, in_flight: &InFlight) -> Option<OutboundRecord> {
+pub(crate) fn rebuild(router: &mut Router, in_flight: &InFlight) -> Option<OutboundRecord> {
     let event = &in_flight.event;
     let (policy, original) = match router.route(&event.change) {
         Routed::Publish(record) => (Arc::clone(&record.policy), Some(record)),

@@ -14,6 +14,22 @@
 //! acknowledges: the record goes back to the pipeline as [`RefusedRecord`], to be
 //! dead-lettered (a fault of the row), held and sent again (a fault of its topic, see
 //! [`super::hold`]), or the relay stops; in every case the slot stays behind the event.
+//!
+//! # A success without an offset is not an acknowledgement
+//!
+//! With `acks=all` the broker answers every record it appended with its offset. librdkafka
+//! can also report a record delivered *without* one (offset -1001): it infers the delivery
+//! when a later batch of the same partition succeeded ("implicitly acked by subsequent
+//! batch success") or from a duplicate-sequence answer. The inference assumes the broker
+//! enforces the producer's sequence numbers, and it does not while it holds no state for
+//! the producer on that partition: on a partition's first writes, a batch that was
+//! refused ("not leader", the partition still being set up) is then counted as delivered
+//! because the next one was taken. The saga test lost rows that way on new topics
+//! (confluentinc/confluent-kafka-go#921 describes the same on a leader change). Such a
+//! record is therefore never acknowledged: it goes back to the sink as an
+//! [`UnconfirmedRecord`] and is sent again. It may repeat (when the inference was right),
+//! and if it really was lost it lands after records of its key that were sent later; it
+//! is never lost. `outbox_relay_kafka_unconfirmed_deliveries_total` counts them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +43,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, trace, warn};
 
 use super::properties;
 use super::PublishError;
@@ -52,6 +68,8 @@ fn unix_millis() -> u64 {
 
 /// How long a newly created topic may take to appear in the producer's metadata.
 const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`partitions_writable`] waits for a new topic's partitions to be served.
+const PARTITIONS_SERVED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`EventProducer::failed`] looks again when nothing wakes it.
 const FAILURE_POLL: Duration = Duration::from_millis(200);
 /// How long to wait for a delivery report before retrying a send the queue refused.
@@ -88,6 +106,17 @@ pub struct RefusedRecord {
     pub code: RDKafkaErrorCode,
 }
 
+/// A record librdkafka reported delivered without the broker's offset: not acknowledged,
+/// to be sent again (see the module docs).
+#[derive(Debug)]
+pub struct UnconfirmedRecord {
+    pub in_flight: InFlight,
+    /// Its place in first send order, kept when it is sent again.
+    pub order: u64,
+    pub topic: String,
+    pub partition: i32,
+}
+
 /// What librdkafka carries per record: the [`InFlight`] and its place in send order.
 #[derive(Debug)]
 pub struct Sent {
@@ -118,6 +147,9 @@ pub struct DeliveryContext {
     /// Refused for a fault of the topic, in report order (per partition, send order).
     /// Bounded the same way.
     held: Mutex<Vec<RefusedRecord>>,
+    /// Reported delivered without an offset, to be sent again. Bounded the same way.
+    unconfirmed: Mutex<Vec<UnconfirmedRecord>>,
+    unconfirmed_total: Counter,
     /// Woken by every delivery report: room in the queue, or a failure to look at.
     delivered: Arc<Notify>,
     /// Gives librdkafka its bootstrap servers back when it forgot every broker.
@@ -188,7 +220,32 @@ impl ProducerContext for DeliveryContext {
         let seq = in_flight.event.seq;
         self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
         match result {
+            Ok(message) if message.offset() < 0 => {
+                self.unconfirmed_total.increment(1);
+                warn!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    "librdkafka reported a record delivered without an offset from the broker; \
+                     not acknowledging it and sending it again (it may repeat, it is never lost)"
+                );
+                self.unconfirmed
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(UnconfirmedRecord {
+                        in_flight,
+                        order,
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                    });
+            }
             Ok(message) => {
+                trace!(
+                    topic = message.topic(),
+                    partition = message.partition(),
+                    offset = message.offset(),
+                    seq = seq.0,
+                    "delivered"
+                );
                 self.count_delivery(&in_flight.event, message.topic());
                 if let Err(e) = self.checkpoint.ack(seq, 1) {
                     // A bookkeeping bug must not move the slot: report it and stop acking.
@@ -289,6 +346,8 @@ impl EventProducer {
             principal: crate::policy::principal(&kafka.properties),
             refused: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
+            unconfirmed: Mutex::new(Vec::new()),
+            unconfirmed_total: metrics::counter!(metric::KAFKA_UNCONFIRMED_DELIVERIES),
             delivered: Arc::clone(&delivered),
             rebootstrap: super::rebootstrap::Rebootstrap::new(&kafka.bootstrap_servers),
         };
@@ -394,7 +453,8 @@ impl EventProducer {
         .unwrap_or(false)
     }
 
-    /// Waits until this producer's own metadata lists `topic`'s partitions.
+    /// Waits until this producer's own metadata lists `topic`'s partitions, then (best
+    /// effort, see [`partitions_writable`]) until each partition's leader serves it.
     ///
     /// librdkafka parks records for a topic whose partitions it does not know yet in an
     /// "unassigned" queue and partitions them when metadata arrives; records produced
@@ -405,20 +465,22 @@ impl EventProducer {
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + TOPIC_METADATA_TIMEOUT;
-            loop {
+            let partitions = loop {
                 let known = producer
                     .client()
                     .fetch_metadata(Some(&topic), Duration::from_secs(5))
-                    .map(|m| !super::partitions_of(&m, &topic).is_empty());
+                    .map(|m| super::partitions_of(&m, &topic));
                 match known {
-                    Ok(true) => return Ok(()),
-                    Ok(false) if std::time::Instant::now() < deadline => {
+                    Ok(partitions) if !partitions.is_empty() => break partitions,
+                    Ok(_) if std::time::Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(50))
                     }
-                    Ok(false) => return Err(PublishError::UnknownTopic(topic)),
+                    Ok(_) => return Err(PublishError::UnknownTopic(topic)),
                     Err(e) => return Err(PublishError::Client(e)),
                 }
-            }
+            };
+            partitions_writable(&producer, &topic, &partitions);
+            Ok(())
         })
         .await
         .map_err(|_| PublishError::Client(KafkaError::Canceled))?
@@ -444,6 +506,19 @@ impl EventProducer {
                 .producer
                 .context()
                 .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Records reported delivered without an offset since the last call, in report order,
+    /// to be sent again.
+    pub fn take_unconfirmed(&self) -> Vec<UnconfirmedRecord> {
+        std::mem::take(
+            &mut *self
+                .producer
+                .context()
+                .unconfirmed
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()),
         )
@@ -507,4 +582,52 @@ impl EventProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         self.producer.flush(timeout).map_err(PublishError::Client)
     }
+}
+
+/// Waits, at most [`PARTITIONS_SERVED_TIMEOUT`], until the leader of each of `partitions`
+/// answers for it (a ListOffsets request).
+///
+/// A broker lists a new topic's partitions in its metadata a moment before its replica
+/// manager has made them, and answers "not leader" to produce requests meanwhile. Those
+/// first refusals are where librdkafka counts a refused batch as delivered (see the module
+/// docs): the relay then sends the record again, out of order for its key. Waiting until
+/// each partition is served keeps new topics out of that window. It is best effort, and
+/// correctness does not rest on it: a partition that answers with anything but "not
+/// ready yet" (an ACL, say) is left to the first produce request to report.
+fn partitions_writable(
+    producer: &ThreadedProducer<DeliveryContext>,
+    topic: &str,
+    partitions: &[i32],
+) {
+    let deadline = std::time::Instant::now() + PARTITIONS_SERVED_TIMEOUT;
+    for &partition in partitions {
+        loop {
+            match producer
+                .client()
+                .fetch_watermarks(topic, partition, Duration::from_secs(5))
+            {
+                Err(KafkaError::MetadataFetch(code))
+                    if not_served_yet(code) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    debug!(topic, partition, error = %e, "partition not confirmed served; producing anyway");
+                    break;
+                }
+                Ok(_) => break,
+            }
+        }
+    }
+}
+
+/// Answers a partition gives while it is still being set up on its leader.
+fn not_served_yet(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::UnknownTopicOrPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::UnknownLeaderEpoch
+    )
 }

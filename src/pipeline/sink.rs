@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, trace, warn};
 
 use super::RelayError;
 use crate::backoff::{self, Backoff};
@@ -52,13 +52,13 @@ impl Sink {
         let outcome = loop {
             let step = tokio::select! {
                 batch = events.recv() => match batch {
-                    Some(batch) => match self.dead_letter_refused(&shutdown).await {
+                    Some(batch) => match self.handle_reports(&shutdown).await {
                         Ok(()) => self.publish(batch, &shutdown).await,
                         Err(e) => Err(e),
                     },
                     None => break Ok(()),
                 },
-                _ = failure_check.tick() => match self.dead_letter_refused(&shutdown).await {
+                _ = failure_check.tick() => match self.handle_reports(&shutdown).await {
                     Ok(()) => self.producer.check_failures().map_err(RelayError::from),
                     Err(e) => Err(e),
                 },
@@ -115,6 +115,12 @@ impl Sink {
         record: OutboundRecord,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
+        trace!(
+            topic = %record.topic,
+            seq = event.seq.0,
+            id = ?record.headers.iter().find(|(name, _)| &**name == "id").map(|(_, v)| String::from_utf8_lossy(v)),
+            "sending"
+        );
         let in_flight = InFlight {
             event: event.clone(),
             dead_letter: None,
@@ -157,6 +163,46 @@ impl Sink {
             .hold
             .run(producer, topics, router, held, shutdown)
             .await?)
+    }
+
+    /// What delivery reports handed back: records to send again, hold or dead-letter.
+    async fn handle_reports(&mut self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        self.send_unconfirmed_again(shutdown).await?;
+        self.dead_letter_refused(shutdown).await
+    }
+
+    /// Records librdkafka reported delivered without the broker's offset were never
+    /// acknowledged (see [`crate::kafka::producer`]): they go out again now, keeping their
+    /// place in send order should their topic be held.
+    async fn send_unconfirmed_again(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RelayError> {
+        for unconfirmed in self.producer.take_unconfirmed() {
+            let Some(record) =
+                crate::kafka::hold::rebuild(&mut self.router, &unconfirmed.in_flight)
+            else {
+                // Nothing to publish after all (cannot happen for a record that was sent).
+                self.ack(&unconfirmed.in_flight.event)?;
+                continue;
+            };
+            let sent = self
+                .producer
+                .send_as(&record, unconfirmed.in_flight, unconfirmed.order)
+                .await;
+            let Err((error, in_flight)) = sent else {
+                continue;
+            };
+            match policy::classify(Failure::Publish(&error)) {
+                Action::Hold => {
+                    let held = Hold::refused_at_send(&record.topic, &error, in_flight);
+                    self.hold_refused(Some(held), shutdown).await?;
+                }
+                // Not acknowledged: the slot stays before it, and the server sends it again.
+                _ => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 
     /// Records the broker refused after accepting them into the queue (delivery reports):
