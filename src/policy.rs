@@ -118,6 +118,16 @@ pub fn is_topic_fault(code: RDKafkaErrorCode) -> bool {
     )
 }
 
+/// Answers that say the topic (or a partition of it) no longer exists: the relay forgets
+/// it was there, so that it looks again (and creates it when configured to).
+pub fn is_topic_gone(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        code,
+        UnknownTopicOrPartition | UnknownTopic | UnknownPartition
+    )
+}
+
 /// Permanent broker answers about this record alone: other rows can still be published,
 /// so only this one is dead-lettered.
 pub fn is_row_specific(code: RDKafkaErrorCode) -> bool {
@@ -136,7 +146,7 @@ pub fn topic_fix(code: RDKafkaErrorCode, topic: &str, principal: &str) -> String
         ),
         UnknownTopicOrPartition | UnknownTopic | UnknownPartition => format!(
             "topic {topic} or one of its partitions no longer exists; create it again \
-             (the relay does not recreate a topic it has written to)"
+             (with kafka.create_topics = true the relay does so itself)"
         ),
         PolicyViolation => format!(
             "the broker's policy refuses records for topic {topic}; change the policy or the topic's config"

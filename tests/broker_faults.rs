@@ -7,7 +7,11 @@
 //! * the relay's principal losing Write on its topic mid-stream (a broker with ACLs and a
 //!   SCRAM listener): the relay holds that topic (readiness 503, the blocked gauge, one
 //!   error line naming the fix) instead of dead-lettering every row, the slot stays before
-//!   the first refused row, and once Write comes back every row arrives in per-key order.
+//!   the first refused row, and once Write comes back every row arrives in per-key order;
+//! * the relay's topic deleted mid-stream: with `kafka.create_topics = false` the relay
+//!   holds it (readiness 503 naming the topic, nothing dead-lettered, the slot behind) until
+//!   an operator creates it again; with creation on it creates the topic again itself. In
+//!   both, every row not yet delivered when the topic went arrives, in per-key order.
 //!
 //! A real broker restart differs from the proxy cuts of `tests/chaos.rs`: the broker loses
 //! its in-memory producer state and partition leadership, so the idempotent producer has
@@ -455,7 +459,7 @@ async fn revoked_write_holds_the_topic_and_dead_letters_nothing() {
     figures.sample_rss(&relay);
     assert!(relay.is_running(), "held, never stopped:\n{}", relay.log());
     assert_dead_lettered_nothing(&relay);
-    assert_per_key_order(&broker, &topic, total).await;
+    assert_per_key_order(&broker, &topic, 0..total).await;
 
     // One error line per minute while blocked, naming the fix.
     let log = relay.log();
@@ -478,15 +482,23 @@ async fn revoked_write_holds_the_topic_and_dead_letters_nothing() {
 }
 
 /// Per key, the records of `topic` in Kafka's order (by offset within a partition) carry
-/// increasing seqs; a duplicate may repeat an earlier one but never overtake.
-async fn assert_per_key_order(broker: &Broker, topic: &str, total: i64) {
-    let mut seen = std::collections::HashSet::new();
+/// increasing seqs; a duplicate may repeat an earlier one but never overtake. Waits until
+/// every seq of `wanted` is there; returns how many distinct seqs and how many records it
+/// read.
+async fn assert_per_key_order(
+    broker: &Broker,
+    topic: &str,
+    wanted: std::ops::Range<i64>,
+) -> (usize, usize) {
+    let mut missing: std::collections::HashSet<i64> = wanted.collect();
     let mut checked = 0;
     let mut records = broker
         .consume_until(&[topic], Duration::from_secs(120), |records| {
-            seen.extend(records[checked..].iter().map(seq_of));
+            for record in &records[checked..] {
+                missing.remove(&seq_of(record));
+            }
             checked = records.len();
-            seen.len() as i64 >= total
+            missing.is_empty()
         })
         .await;
     records.sort_by_key(|r| (r.partition, r.offset));
@@ -509,4 +521,116 @@ async fn assert_per_key_order(broker: &Broker, topic: &str, total: i64) {
             );
         }
     }
+    let distinct: std::collections::HashSet<i64> = records.iter().map(seq_of).collect();
+    (distinct.len(), records.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_is_held_until_an_operator_creates_it_again() {
+    topic_deleted_mid_stream(false, "topicgone", "topic deleted, creation off").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_is_created_again_by_the_relay() {
+    topic_deleted_mid_stream(true, "topicback", "topic deleted, creation on").await;
+}
+
+/// Rows flow; the relay's topic is deleted; more rows are written while it is gone; the
+/// topic comes back (created by the test, or by the relay itself with `create_topics`).
+/// Rows delivered before the deletion went with the topic: every row written after it, and
+/// every row still queued when it went, must arrive, in per-key order, and nothing may be
+/// dead-lettered.
+async fn topic_deleted_mid_stream(create_topics: bool, name: &str, scenario: &str) {
+    let scale = Scale::from_env();
+    let (before, gone, after) = scale.pick((3_000, 3_000, 2_000), (30_000, 30_000, 20_000));
+    let cluster = PgCluster::shared();
+    let broker = Broker::shared();
+    let stage = Stage::new(cluster, name).await;
+    let topic = stage.topic.clone();
+    let prefix = topic.trim_end_matches(".outbox.event.order");
+    let (marker_topic, dlq) = (
+        format!("{prefix}.outbox.event.marker"),
+        format!("{prefix}.dlq"),
+    );
+    for existing in [&topic, &marker_topic, &dlq] {
+        broker.create_topic(existing, 3).await;
+    }
+    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[kafka]\n",
+        &format!("[kafka]\ncreate_topics = {create_topics}\nunknown_topic_wait_ms = 2000\n"),
+    ) + &format!("\n[dlq]\ntopic = \"{dlq}\"\n");
+    std::fs::write(&config, text).unwrap();
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let writer = cluster.client(&stage.db).await;
+    let paced = |from: i64, to: i64| {
+        let client = &writer;
+        async move {
+            // 500 rows a chunk, ten chunks a second: the deletion lands mid-stream.
+            let mut pace = tokio::time::interval(Duration::from_millis(100));
+            for chunk in (from..to).step_by(500) {
+                pace.tick().await;
+                common::workload::write_seq(client, chunk, (chunk + 500).min(to)).await;
+            }
+        }
+    };
+    paced(0, before).await;
+    wait_for(
+        "the relay to deliver part of the stream",
+        Duration::from_secs(60),
+        || async { (delivered(&relay) > 0).then_some(()) },
+    )
+    .await;
+
+    broker.delete_topic(&topic).await;
+    let deleted = Instant::now();
+    paced(before, before + gone).await;
+    let gauge = format!("outbox_relay_topic_blocked{{topic=\"{topic}\"}}");
+    if !create_topics {
+        // Held, not dead-lettered: readiness says which topic and why, the slot stays
+        // before the rows written since.
+        wait_for(
+            "the relay to report the deleted topic",
+            Duration::from_secs(90),
+            || {
+                let ready = relay.try_admin_get("/readyz");
+                let metrics = relay.try_admin_get("/metrics");
+                let blocked = ready
+                    .is_ok_and(|(status, body)| status == 503 && body.contains(&topic))
+                    && metrics.is_ok_and(|(_, m)| m.contains(&format!("{gauge} 1")));
+                async move { blocked.then_some(()) }
+            },
+        )
+        .await;
+        let confirmed = confirmed_flush(&stage.admin, &stage.slot).await;
+        let written = common::insert_lsn(&stage.admin).await;
+        assert!(
+            confirmed < written,
+            "the slot passed rows of a deleted topic"
+        );
+        assert_dead_lettered_nothing(&relay);
+        broker.create_topic(&topic, 3).await;
+    }
+    let back = Instant::now();
+    paced(before + gone, before + gone + after).await;
+    let mut figures = Figures::default();
+    stage.fault_ended_at(&mut figures, back).await;
+    assert!(relay.is_running(), "held, never stopped:\n{}", relay.log());
+    assert_dead_lettered_nothing(&relay);
+    let wanted = before..before + gone + after;
+    let (distinct, read) = assert_per_key_order(broker, &topic, wanted.clone()).await;
+    figures.sample_rss(&relay);
+    figures.written = wanted.count();
+    // Every row written since the deletion is there (the wait above), plus the rows still
+    // queued when the topic went.
+    figures.delivered = figures.written;
+    figures.duplicates = read - distinct;
+    let queued = distinct.saturating_sub(figures.written);
+    figures.extra = format!(
+        "topic gone {:.1} s; {queued} rows queued at the deletion arrived too (those delivered \
+         before it went with the topic)",
+        back.duration_since(deleted).as_secs_f64()
+    );
+    figures.report(scenario);
 }

@@ -212,6 +212,9 @@ impl Hold {
                 let mut again = Vec::with_capacity(queue.len());
                 for record in queue.by_ref() {
                     self.refused(&record.topic, record.code, now);
+                    if policy::is_topic_gone(record.code) {
+                        topics.forget(&record.topic);
+                    }
                     again.push(record);
                 }
                 self.health
@@ -232,7 +235,10 @@ impl Hold {
                 let probe = again.next();
                 unsent.extend(again);
                 let Some(probe) = probe else { continue };
-                if !producer.knows_partitions(&probe.topic).await {
+                // A topic that was gone is looked up again, and created when configured.
+                let topic: Arc<str> = Arc::from(probe.topic.as_str());
+                let there = topics.ensure(&topic, producer).await.is_ok();
+                if !there || !producer.knows_partitions(&probe.topic).await {
                     unsent.insert(0, probe);
                     probe_next = true;
                     continue;
@@ -325,15 +331,21 @@ impl Hold {
         };
         match sent {
             Ok(()) => Ok(()),
-            Err((e, in_flight)) => match policy::classify(Failure::Publish(&e)) {
-                Action::Hold => Err(SendAgain::Held(RefusedRecord {
-                    in_flight,
-                    order: held.order,
-                    topic: held.topic,
-                    code: e.code().unwrap_or(held.code),
-                })),
-                _ => Err(SendAgain::Failed(e)),
-            },
+            Err((e, in_flight)) => {
+                // A held topic that is not there (yet) again existed: it stays held, never
+                // dead-lettered as a topic that never existed would be.
+                let gone = matches!(e, PublishError::UnknownTopic(_));
+                if gone || policy::classify(Failure::Publish(&e)) == Action::Hold {
+                    Err(SendAgain::Held(RefusedRecord {
+                        in_flight,
+                        order: held.order,
+                        topic: held.topic,
+                        code: e.code().unwrap_or(held.code),
+                    }))
+                } else {
+                    Err(SendAgain::Failed(e))
+                }
+            }
         }
     }
 }

@@ -3,7 +3,9 @@
 //! Many brokers (and the test broker) do not create topics on produce. With
 //! `kafka.create_topics` the relay creates each topic the first time it routes to it,
 //! through the admin API; otherwise it checks the broker's metadata and reports a missing
-//! topic. Known topics are remembered, so this costs one round trip per topic per run.
+//! topic. Known topics are remembered, so this costs one round trip per topic per run,
+//! until the broker says one is gone: then it is forgotten and looked up (or created)
+//! again, so a deleted topic comes back with creation on instead of holding forever.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -77,6 +79,12 @@ impl TopicManager {
         producer.wait_for_topic(topic).await?;
         self.known.insert(Arc::clone(topic));
         Ok(())
+    }
+
+    /// The broker says `topic` is gone (deleted, or a partition lost): the next
+    /// [`TopicManager::ensure`] looks again, and creates it when configured to.
+    pub fn forget(&mut self, topic: &str) {
+        self.known.remove(topic);
     }
 
     async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {

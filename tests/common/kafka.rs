@@ -265,6 +265,18 @@ impl Broker {
         }
     }
 
+    /// Deletes `name` and returns once the controller has committed the deletion.
+    pub async fn delete_topic(&self, name: &str) {
+        let admin: AdminClient<DefaultClientContext> =
+            self.client_config().create().expect("admin client");
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let results = admin.delete_topics(&[name], &options).await;
+        match results.as_deref() {
+            Ok([Ok(_)]) => {}
+            other => panic!("delete topic {name}: {other:?}\n{}", self.log_tail()),
+        }
+    }
+
     /// Reads `topics` from the beginning, in arrival order, until `done(&records)`
     /// (evaluated on every record and at least every 200 ms); panics after `timeout`
     /// (real time). A fresh consumer waits for topics that do not
