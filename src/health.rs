@@ -2,8 +2,9 @@
 //!
 //! Liveness (`/healthz`) only says the process answers. Readiness (`/readyz`) says the
 //! relay is doing its job: streaming from the slot *and* with a broker up. A standby relay
-//! waiting for a slot held elsewhere, one cut off from Kafka, or one holding a topic the
-//! broker refuses ([`crate::kafka::hold`]) is alive but not ready.
+//! waiting for a slot held elsewhere, one cut off from Kafka, one holding a topic the
+//! broker refuses ([`crate::kafka::hold`]), or one holding the stream for a table a
+//! migration changed under its config is alive but not ready.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,6 +23,8 @@ struct Flags {
     kafka_up: AtomicBool,
     /// Why a topic is held (its fix), while one is.
     blocked: Mutex<Option<String>>,
+    /// Why the stream is held for a table whose columns no longer match the config.
+    table_blocked: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -53,6 +56,16 @@ impl Health {
         *self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner()) = reason;
     }
 
+    /// The stream is held for a table whose shape no longer matches the config (`Some`,
+    /// with the fix), or is not any more.
+    pub fn set_table_blocked(&self, reason: Option<String>) {
+        *self
+            .inner
+            .table_blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
     /// `Ok` when ready, else the reason, one line.
     pub fn readiness(&self) -> Result<(), Cow<'static, str>> {
         if !self.inner.streaming.load(Ordering::Relaxed) {
@@ -63,6 +76,14 @@ impl Health {
         }
         if !self.inner.kafka_up.load(Ordering::Relaxed) {
             return Err("no Kafka broker is reachable".into());
+        }
+        let table = self
+            .inner
+            .table_blocked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(reason) = table.as_ref() {
+            return Err(reason.clone().into());
         }
         let blocked = self.inner.blocked.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(reason) = blocked.as_ref() {

@@ -40,6 +40,9 @@ pub const STANDBY: &str = "outbox_relay_standby";
 /// 1 while the broker refuses the topic and the relay holds its records, 0 once it takes
 /// them again, by topic.
 pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
+/// 1 while the stream is held for a table whose columns no longer match the config, by
+/// table.
+pub const TABLE_BLOCKED: &str = "outbox_relay_table_blocked";
 /// Reconnections, by target.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Times the Kafka client was given its bootstrap servers again (see `kafka::rebootstrap`).
@@ -171,6 +174,10 @@ pub fn describe() {
     describe_gauge!(
         TOPIC_BLOCKED,
         "1 while the broker refuses the topic (authorization, deleted, policy, size) and the relay holds its records; 0 once it takes them again"
+    );
+    describe_gauge!(
+        TABLE_BLOCKED,
+        "1 while the stream is held because the table's columns no longer match the config (a column renamed or dropped by a migration)"
     );
     describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
     describe_counter!(

@@ -19,7 +19,8 @@
 //!
 //! | failure | action |
 //! |---|---|
-//! | row: required column missing or NULL, payload not JSON, invalid topic name from the row's routing value, over `max_record_bytes` | dead-letter |
+//! | row: required column NULL, payload not JSON, invalid topic name from the row's routing value, over `max_record_bytes` | dead-letter |
+//! | table: a column the config names is gone from the relation (a migration renamed or dropped it) | hold the stream until the config follows and the relay restarts (`crate::pipeline::sink`) |
 //! | Kafka at send: librdkafka's own size check (`message.max.bytes`), invalid topic; a topic that never existed with `kafka.create_topics = false` (after `kafka.unknown_topic_wait_ms`) | dead-letter |
 //! | Kafka broker: invalid record (e.g. no key for a compacted topic), invalid topic | dead-letter |
 //! | Kafka broker: topic authorization failed, unknown topic or partition (a topic that existed), policy violation, message or batch too large (the local size check passed) | hold the topic, retry with backoff |

@@ -88,6 +88,29 @@ pub enum RowProblem {
 }
 
 impl RowProblem {
+    /// Whether this is a fault of the table's shape rather than of the row: a column the
+    /// config names is not in the relation (renamed or dropped by a migration). Every
+    /// later row of the table has the same problem, so dead-lettering would empty the
+    /// stream into the DLQ; the relay holds the stream instead (see
+    /// `crate::pipeline::sink`). A NULL in a required column stays a fault of the row.
+    pub fn is_table_fault(&self) -> bool {
+        matches!(self, RowProblem::MissingColumn { .. })
+    }
+
+    /// What the operator does about a table fault, naming the table and the column.
+    pub fn table_fix(&self) -> Option<String> {
+        match self {
+            RowProblem::MissingColumn { table, column } => Some(format!(
+                "table {table} has no column {column} any more (renamed or dropped by a \
+                 migration?): name its new column in the relay's config (outbox.route_by_field, \
+                 id_column, key_column, payload_column, additional_headers, or the table's \
+                 [outbox.tables.\"schema.table\"] entry) and restart the relay; nothing after \
+                 this row is published or dead-lettered meanwhile"
+            )),
+            _ => None,
+        }
+    }
+
     /// The `outbox.error.class` of a dead-lettered row (also a metrics label).
     pub fn class(&self) -> &'static str {
         match self {

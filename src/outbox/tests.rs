@@ -265,3 +265,22 @@ fn json_and_size_limits_reject_with_their_class() {
         Routed::Publish(_)
     ));
 }
+
+#[test]
+fn a_missing_column_is_the_tables_fault_and_a_null_the_rows() {
+    let missing = RowProblem::MissingColumn {
+        table: Arc::from("public.outbox"),
+        column: "aggregatetype".into(),
+    };
+    assert!(missing.is_table_fault());
+    let fix = missing.table_fix().expect("a fix");
+    assert!(
+        fix.contains("public.outbox") && fix.contains("aggregatetype"),
+        "{fix}"
+    );
+    let null = RowProblem::NullColumn {
+        column: "aggregatetype".into(),
+    };
+    assert!(!null.is_table_fault());
+    assert_eq!(null.table_fix(), None);
+}

@@ -19,6 +19,7 @@ use crate::backoff::{self, Backoff};
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::OnError;
 use crate::dlq;
+use crate::health::Health;
 use crate::kafka::producer::InFlight;
 use crate::kafka::{EventProducer, Hold, PublishError, TopicManager};
 use crate::metrics as metric;
@@ -39,6 +40,10 @@ pub(super) struct Sink {
     /// Records refused for a fault of their topic: sent again before anything newer.
     pub(super) hold: Hold,
     pub(super) checkpoint: SharedCheckpoint,
+    pub(super) health: Health,
+    /// A table fault holds the stream: nothing more is published (see
+    /// [`Sink::hold_for_table`]).
+    pub(super) table_held: bool,
 }
 
 impl Sink {
@@ -66,8 +71,8 @@ impl Sink {
             if let Err(e) = step {
                 break Err(e);
             }
-            if self.hold.interrupted() {
-                break Ok(()); // Stopping while a topic is held: publish nothing newer.
+            if self.hold.interrupted() || self.table_held {
+                break Ok(()); // Stopping while a topic or a table is held: publish nothing newer.
             }
         };
         // Whatever was handed to librdkafka before a stop still gets its chance to be
@@ -85,7 +90,7 @@ impl Sink {
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
         for event in batch {
-            if self.hold.interrupted() {
+            if self.hold.interrupted() || self.table_held {
                 return Ok(());
             }
             match self.router.route(&event.change) {
@@ -95,6 +100,11 @@ impl Sink {
                     metrics::counter!(metric::EVENTS_IGNORED, "table" => table.to_string(), "op" => operation)
                         .increment(1);
                     self.ack(&event)?;
+                }
+                Routed::Reject { policy, problem } if problem.is_table_fault() => {
+                    self.hold_for_table(&event, &policy, &problem, shutdown)
+                        .await;
+                    return Ok(());
                 }
                 Routed::Reject { policy, problem } => {
                     let reason = dlq::Reason {
@@ -106,6 +116,39 @@ impl Sink {
             }
         }
         Ok(())
+    }
+
+    /// A row of a table whose columns no longer match the config (a migration renamed or
+    /// dropped one): every later row of it would fail the same way, so nothing is
+    /// dead-lettered. The stream holds at this row until shutdown: readiness answers 503
+    /// with the fix, `outbox_relay_table_blocked{table}` is 1, one error line per minute
+    /// names table and column, and the row is never acknowledged, so the slot stays
+    /// before it. The fix is a config change, so it takes a restart.
+    async fn hold_for_table(
+        &mut self,
+        event: &SourceEvent,
+        policy: &Arc<TablePolicy>,
+        problem: &crate::outbox::RowProblem,
+        shutdown: &CancellationToken,
+    ) {
+        self.table_held = true;
+        let fix = problem.table_fix().unwrap_or_else(|| problem.to_string());
+        self.health.set_table_blocked(Some(fix.clone()));
+        let table = policy.table.to_string();
+        metrics::gauge!(metric::TABLE_BLOCKED, "table" => table.clone()).set(1.0);
+        loop {
+            error!(
+                %table,
+                lsn = %event.transaction.commit_lsn,
+                xid = event.transaction.xid,
+                fix = %fix,
+                "the table's columns no longer match the config; holding the stream (nothing is dead-lettered, the slot stays before this row)"
+            );
+            tokio::select! {
+                _ = sleep(crate::kafka::hold::LOG_EVERY) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 
     /// Sends a routed record; a failure that concerns only this row dead-letters it.

@@ -150,6 +150,8 @@ impl Pipeline {
             topics,
             hold: Hold::new(kafka, health.clone(), checkpoint.clone()),
             checkpoint: checkpoint.clone(),
+            health: health.clone(),
+            table_held: false,
         };
         Ok(Pipeline { checkpoint, sink })
     }
