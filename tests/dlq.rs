@@ -278,6 +278,47 @@ async fn a_row_for_a_missing_topic_is_dead_lettered_when_creation_is_off() {
     assert!(header(&dead[0], "outbox.error.message").contains("nowhere"));
 }
 
+/// A row over its topic's `max.message.bytes` (but under `outbox.max_record_bytes`) is the
+/// row's fault: dead-lettered by the relay's own check, which reads the topic's limit. The
+/// broker's refusal would have held the topic (as it did before), and every later row
+/// with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_over_its_topics_size_limit_is_dead_lettered_and_the_topic_flows() {
+    let properties = "\n[kafka.properties]\n\"batch.size\" = \"10000\"\n";
+    let s = setup("toolargetopic", properties, "", &["dlq"]).await;
+    Broker::shared()
+        .create_topic_with(&s.topic("order"), 1, &[("max.message.bytes", "20000")])
+        .await;
+    s.admin
+        .batch_execute(&format!(
+            "{}; INSERT INTO outbox VALUES (gen_random_uuid(), 'order', 'k', 'Created', \
+             '{{\"n\": 99, \"pad\": \"' || repeat('x', 30000) || '\"}}'); {};",
+            healthy(1),
+            healthy(2)
+        ))
+        .await
+        .unwrap();
+    let broker = Broker::shared();
+    let arrived = broker
+        .consume_count(&[&s.topic("order")], 2, Duration::from_secs(60))
+        .await;
+    assert_eq!(arrived.iter().map(seq).collect::<Vec<_>>(), [1, 2]);
+    let dead = broker
+        .consume_count(&[&s.dlq()], 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(header(&dead[0], "outbox.error.class"), "too_large");
+    assert!(
+        header(&dead[0], "outbox.error.message").contains("max.message.bytes"),
+        "{}",
+        header(&dead[0], "outbox.error.message")
+    );
+    assert!(
+        !s.relay.log().contains("kafka refuses the topic"),
+        "the topic was never held:\n{}",
+        s.relay.log()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_passes_a_poison_row_while_the_dlq_cannot_be_written() {
     // Creation off and no DLQ topic: the poison row cannot be dead-lettered yet.

@@ -11,9 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use super::properties;
 use super::rebootstrap::{Rebootstrap, RebootstrapContext};
@@ -25,6 +25,11 @@ use crate::config::KafkaConfig;
 pub struct TopicManager {
     admin: AdminClient<RebootstrapContext>,
     known: HashSet<Arc<str>>,
+    /// `max.message.bytes` of each known topic, read when it is first used.
+    limits: HashMap<Arc<str>, usize>,
+    /// librdkafka's `batch.size`: a topic limit below it lets a batch of small records be
+    /// refused as a whole, which holds the topic.
+    batch_size: usize,
     /// With creation off: when each missing topic was first found missing.
     missing_since: HashMap<Arc<str>, Instant>,
     unknown_topic_wait: Duration,
@@ -33,6 +38,8 @@ pub struct TopicManager {
     replication_factor: i32,
 }
 
+/// librdkafka's default `batch.size`.
+const LIBRDKAFKA_BATCH_SIZE: usize = 1_000_000;
 /// How often a missing topic is looked up again.
 const MISSING_POLL: Duration = Duration::from_millis(500);
 /// Missing topics remembered at most (routed names can be anything).
@@ -53,6 +60,12 @@ impl TopicManager {
         Ok(TopicManager {
             admin,
             known: HashSet::new(),
+            limits: HashMap::new(),
+            batch_size: kafka
+                .properties
+                .get("batch.size")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(LIBRDKAFKA_BATCH_SIZE),
             missing_since: HashMap::new(),
             unknown_topic_wait: Duration::from_millis(kafka.unknown_topic_wait_ms),
             create: kafka.create_topics,
@@ -77,14 +90,56 @@ impl TopicManager {
             self.wait_until_exists(topic).await?;
         }
         producer.wait_for_topic(topic).await?;
+        if let Some(limit) = self.read_limit(topic).await {
+            if limit < self.batch_size {
+                warn!(
+                    topic = %topic,
+                    max_message_bytes = limit,
+                    batch_size = self.batch_size,
+                    "the topic's max.message.bytes is below librdkafka's batch.size: a batch of \
+                     small records can be refused as a whole, which holds the topic; set \
+                     \"batch.size\" in [kafka.properties] to at most the smallest topic limit"
+                );
+            }
+            self.limits.insert(Arc::clone(topic), limit);
+        }
         self.known.insert(Arc::clone(topic));
         Ok(())
+    }
+
+    /// The broker's `max.message.bytes` for `topic`, when it could be read: records larger
+    /// than that are refused, so the sink checks them locally (a fault of the row) instead
+    /// of letting the broker refuse them (which would hold the topic).
+    pub fn max_message_bytes(&self, topic: &str) -> Option<usize> {
+        self.limits.get(topic).copied()
+    }
+
+    /// Reads `topic`'s `max.message.bytes` (DescribeConfigs). Best effort: a principal
+    /// without DescribeConfigs, or an old broker, leaves the check to the broker.
+    async fn read_limit(&self, topic: &str) -> Option<usize> {
+        let options = AdminOptions::new().request_timeout(Some(ADMIN_TIMEOUT));
+        let described = self
+            .admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &options)
+            .await;
+        let limit = match described.as_deref() {
+            Ok([Ok(resource)]) => resource
+                .get("max.message.bytes")
+                .and_then(|entry| entry.value.as_deref())
+                .and_then(|value| value.parse().ok()),
+            _ => None,
+        };
+        if limit.is_none() {
+            debug!(topic, outcome = ?described, "max.message.bytes not read; the broker checks sizes");
+        }
+        limit
     }
 
     /// The broker says `topic` is gone (deleted, or a partition lost): the next
     /// [`TopicManager::ensure`] looks again, and creates it when configured to.
     pub fn forget(&mut self, topic: &str) {
         self.known.remove(topic);
+        self.limits.remove(topic);
     }
 
     async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {

@@ -44,6 +44,12 @@ pub struct OutboundRecord {
 
 impl OutboundRecord {
     /// Bytes Kafka counts for the record: key, value and headers.
+    /// About what the record takes in a one-record batch on the wire: [`Self::size`] plus
+    /// the batch header (61 bytes) and per-record and per-header framing, rounded up.
+    pub fn wire_size(&self) -> usize {
+        self.size() + 128 + 8 * self.headers.len()
+    }
+
     pub fn size(&self) -> usize {
         self.key.as_ref().map_or(0, Bytes::len)
             + self.payload.as_ref().map_or(0, Bytes::len)
@@ -75,6 +81,12 @@ pub enum RowProblem {
     InvalidJson(String),
     #[error("record is {bytes} bytes; outbox.max_record_bytes is {limit}")]
     TooLarge { bytes: usize, limit: usize },
+    #[error("record is about {bytes} bytes on the wire; topic {topic} takes at most {limit} (its max.message.bytes)")]
+    TooLargeForTopic {
+        bytes: usize,
+        limit: usize,
+        topic: Arc<str>,
+    },
     #[error("column {column} is missing from table {table}")]
     MissingColumn { table: Arc<str>, column: String },
     #[error("column {column} is NULL")]
@@ -115,7 +127,7 @@ impl RowProblem {
     pub fn class(&self) -> &'static str {
         match self {
             RowProblem::InvalidJson(_) => "invalid_json",
-            RowProblem::TooLarge { .. } => "too_large",
+            RowProblem::TooLarge { .. } | RowProblem::TooLargeForTopic { .. } => "too_large",
             RowProblem::MissingColumn { .. } => "missing_column",
             RowProblem::NullColumn { .. } => "null_column",
             RowProblem::ToastedColumn { .. } => "toasted_column",

@@ -169,7 +169,26 @@ impl Sink {
             dead_letter: None,
         };
         let sent = match self.ensure_topic(&record.topic, shutdown).await {
-            Ok(()) => self.producer.try_send(&record, in_flight).await,
+            Ok(()) => match self.topics.max_message_bytes(&record.topic) {
+                // The broker would refuse it, and a broker refusal holds the topic: this
+                // row is the one at fault, so it is checked (and dead-lettered) here.
+                Some(limit) if record.wire_size() > limit => {
+                    let problem = crate::outbox::RowProblem::TooLargeForTopic {
+                        bytes: record.wire_size(),
+                        limit,
+                        topic: Arc::clone(&record.topic),
+                    };
+                    let reason = dlq::Reason {
+                        class: problem.class(),
+                        message: problem.to_string(),
+                    };
+                    let policy = Arc::clone(&record.policy);
+                    return self
+                        .reject(event, &policy, Some(&record), reason, shutdown)
+                        .await;
+                }
+                _ => self.producer.try_send(&record, in_flight).await,
+            },
             Err(e) => Err((e, in_flight)),
         };
         let Err((error, in_flight)) = sent else {
