@@ -6,6 +6,10 @@
 //! partitioner, as Debezium uses it) produces the same keys to another topic with as many
 //! partitions. Each key must be on the same partition number in both. librdkafka's own
 //! default (`consistent_random`, CRC32) fails this for about two keys in three.
+//!
+//! The second test holds the relay to a reference computation instead: Kafka's murmur2
+//! partitioner written out here (checked against the published vectors of Kafka's
+//! `UtilsTest.testMurmur2`), for 1,000 keys on a 6-partition topic.
 
 mod common;
 
@@ -168,5 +172,134 @@ async fn keys_land_on_the_partitions_the_java_client_picks() {
         "partitions: {} keys, {} records each side, all on the Java client's partitions",
         keys.len(),
         ROWS_PER_KEY * keys.len()
+    );
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), the reference the
+/// relay's placement is held to.
+fn murmur2(data: &[u8]) -> i32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in chunks.by_ref() {
+        let mut k = u32::from_le_bytes(chunk.try_into().unwrap());
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h as i32
+}
+
+/// The Java client's partition for `key`: `toPositive(murmur2(key)) % partitions`.
+fn java_partition(key: &[u8], partitions: i32) -> i32 {
+    (murmur2(key) & 0x7fff_ffff) % partitions
+}
+
+#[test]
+fn the_reference_murmur2_matches_kafkas_published_vectors() {
+    let vectors: [(&[u8], i32); 6] = [
+        (b"21", -973_932_308),
+        (b"foobar", -790_332_482),
+        (b"a-little-bit-long-string", -985_981_536),
+        (b"a-little-bit-longer-string", -1_486_304_829),
+        (
+            b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+            -58_897_971,
+        ),
+        (b"abc", 479_470_107),
+    ];
+    for (input, expected) in vectors {
+        assert_eq!(
+            murmur2(input),
+            expected,
+            "{:?}",
+            String::from_utf8_lossy(input)
+        );
+    }
+}
+
+/// 1,000 keys of every shape an aggregate id takes.
+fn thousand_keys() -> Vec<String> {
+    let mut keys = keys();
+    let mut rng = Rng(0x1000_6EED);
+    let mut n = 0;
+    while keys.len() < 1_000 {
+        keys.push(match n % 3 {
+            0 => format!("customer-{}", rng.next() % 1_000_000),
+            1 => uuid::Builder::from_random_bytes(
+                rng.next().to_le_bytes().repeat(2).try_into().unwrap(),
+            )
+            .into_uuid()
+            .to_string(),
+            _ => format!("{}:{}", rng.next() % 97, "x".repeat((n % 13) as usize)),
+        });
+        n += 1;
+        let mut seen = HashSet::new();
+        keys.retain(|k| seen.insert(k.clone()));
+    }
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_keys_on_six_partitions_follow_the_java_murmur2_reference() {
+    const SIX: i32 = 6;
+    let cluster = PgCluster::shared();
+    let broker = tokio::task::block_in_place(Broker::shared);
+    let stage = Stage::new(cluster, "partitions6").await;
+    broker.create_topic(&stage.topic, SIX).await;
+    let keys = thousand_keys();
+    assert_eq!(keys.len(), 1_000);
+    let config = stage.config(
+        "relay.toml",
+        &format!("127.0.0.1:{}", cluster.port()),
+        &broker.bootstrap(),
+    );
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    stage
+        .admin
+        .execute(
+            "INSERT INTO outbox SELECT gen_random_uuid(), 'order', k, 'Created', '{}' \
+             FROM unnest($1::text[]) AS k",
+            &[&keys],
+        )
+        .await
+        .expect("insert outbox rows");
+    let records = broker
+        .consume_count(&[&stage.topic], keys.len(), Duration::from_secs(120))
+        .await;
+    let placed = placement(&records, &stage.topic);
+    let wrong: Vec<(&String, &BTreeSet<i32>, i32)> = placed
+        .iter()
+        .map(|(key, on)| (key, on, java_partition(key.as_bytes(), SIX)))
+        .filter(|(_, on, expected)| on.len() != 1 || !on.contains(expected))
+        .collect();
+    assert_eq!(placed.len(), keys.len());
+    assert!(
+        wrong.is_empty(),
+        "{} of {} keys are not on the partition murmur2 gives: {:?}",
+        wrong.len(),
+        keys.len(),
+        &wrong[..wrong.len().min(10)]
+    );
+    let used: BTreeSet<i32> = placed.values().flatten().copied().collect();
+    assert_eq!(
+        used.len(),
+        SIX as usize,
+        "keys spread over all six partitions"
     );
 }
