@@ -138,12 +138,63 @@ fn created_concurrently(error: &tokio_postgres::Error) -> bool {
     )
 }
 
-/// `CREATE PUBLICATION "p" FOR TABLE "s"."t", ...`
+/// The publication's options: inserts only (the outbox pattern's deletes and the nightly
+/// cleanup never reach the relay), and a partitioned outbox published under its parent's
+/// name (so its `[outbox.tables]` overrides apply). See [`crate::source::publication`].
+pub const PUBLICATION_OPTIONS: &str = "publish = 'insert', publish_via_partition_root = true";
+
+/// `CREATE PUBLICATION "p" FOR TABLE "s"."t", ... WITH (publish = 'insert', ...)`
 pub fn create_publication_sql(publication: &str, tables: &[TableName]) -> String {
     format!(
-        "CREATE PUBLICATION {} FOR TABLE {}",
+        "CREATE PUBLICATION {} FOR TABLE {} WITH ({PUBLICATION_OPTIONS})",
         quote_identifier(publication),
         quoted_tables(tables)
+    )
+}
+
+/// `ALTER PUBLICATION "p" SET (publish = 'insert', publish_via_partition_root = true)`
+pub fn set_publication_options_sql(publication: &str) -> String {
+    format!(
+        "ALTER PUBLICATION {} SET ({PUBLICATION_OPTIONS})",
+        quote_identifier(publication)
+    )
+}
+
+/// `ALTER PUBLICATION "p" DROP TABLE ...`
+pub fn drop_publication_tables_sql(publication: &str, tables: &[TableName]) -> String {
+    format!(
+        "ALTER PUBLICATION {} DROP TABLE {}",
+        quote_identifier(publication),
+        quoted_tables(tables)
+    )
+}
+
+/// `ALTER PUBLICATION "p" ADD TABLE ...`
+pub fn add_publication_tables_sql(publication: &str, tables: &[TableName]) -> String {
+    format!(
+        "ALTER PUBLICATION {} ADD TABLE {}",
+        quote_identifier(publication),
+        quoted_tables(tables)
+    )
+}
+
+/// `DROP PUBLICATION "p"`
+pub fn drop_publication_sql(publication: &str) -> String {
+    format!("DROP PUBLICATION {}", quote_identifier(publication))
+}
+
+/// The publication's options and the tables it publishes, one row per table (one row
+/// with NULL table columns when it publishes none, no row when it does not exist):
+/// `puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, pubviaroot, schemaname,
+/// tablename`. `quoted_publication` is a [`crate::ident::quote_literal`]ed name: the
+/// query also runs as a simple query on the replication connection, which takes no
+/// parameters. Parsed by [`crate::source::publication::PublicationFound::from_rows`].
+pub fn publication_rows_sql(quoted_publication: &str) -> String {
+    format!(
+        "SELECT p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, p.pubviaroot, \
+                t.schemaname::text, t.tablename::text \
+         FROM pg_publication p LEFT JOIN pg_publication_tables t ON t.pubname = p.pubname \
+         WHERE p.pubname = {quoted_publication}"
     )
 }
 

@@ -7,11 +7,12 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::admin_sql::{self, AdminError};
 use crate::config::Config;
-use crate::ident::TableName;
+use crate::ident::{quote_literal, TableName};
+use crate::source::publication::PublicationFound;
 
 /// The outcome of one prerequisite.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,77 +240,58 @@ async fn table_columns(
     })
 }
 
+/// The publication, judged as the relay judges it on every replication connection
+/// ([`crate::source::publication::check`]).
 async fn publication(client: &Client, config: &Config) -> Result<CheckLine, AdminError> {
     let source = &config.source;
     let name = format!("publication {}", source.publication);
     let pubname = source.publication.as_str();
-    let row = client
-        .query_opt(
-            "SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = $1",
-            &[&pubname],
-        )
+    let create = admin_sql::create_publication_sql(pubname, &source.tables);
+    let rows: Vec<Vec<Option<String>>> = client
+        .simple_query(&admin_sql::publication_rows_sql(&quote_literal(pubname)))
         .await
-        .map_err(AdminError::sql("checking the publication"))?;
-    let Some(row) = row else {
-        let create = admin_sql::create_publication_sql(pubname, &source.tables);
-        return Ok(if source.create_publication {
-            CheckLine::pass(
-                name,
-                "missing; the relay creates it at start (source.create_publication)",
-            )
-        } else {
-            CheckLine::fail(name, "does not exist", create)
-        });
-    };
-    let (all_tables, publishes_inserts): (bool, bool) = (row.get(0), row.get(1));
-    let expected: BTreeSet<String> = source.tables.iter().map(ToString::to_string).collect();
-    let covered: BTreeSet<String> = client
-        .query(
-            "SELECT schemaname::text || '.' || tablename::text FROM pg_publication_tables WHERE pubname = $1",
-            &[&pubname],
-        )
-        .await
-        .map_err(AdminError::sql("checking the publication's tables"))?
+        .map_err(AdminError::sql("checking the publication"))?
         .iter()
-        .map(|r| r.get(0))
+        .filter_map(|message| match message {
+            SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| row.get(i).map(str::to_owned))
+                    .collect(),
+            ),
+            _ => None,
+        })
         .collect();
-    let alter = admin_sql::alter_publication_sql(pubname, &source.tables);
-    Ok(if all_tables {
-        CheckLine::fail(
+    let found = PublicationFound::from_rows(&rows).map_err(AdminError::Missing)?;
+    if found.is_none() && source.create_publication {
+        return Ok(CheckLine::pass(
             name,
-            "is FOR ALL TABLES, so it publishes more than the outbox",
-            format!(
-                "DROP PUBLICATION {0}; then {1}",
-                crate::ident::quote_identifier(pubname),
-                admin_sql::create_publication_sql(pubname, &source.tables)
+            format!("missing; the relay creates it at start (source.create_publication): {create}"),
+        ));
+    }
+    Ok(
+        match crate::source::publication::check(pubname, &source.tables, found.as_ref()) {
+            Ok(warnings) if warnings.is_empty() => CheckLine::pass(
+                name,
+                format!(
+                    "covers exactly {}, inserts only, via the partition root",
+                    list_tables(&source.tables)
+                ),
             ),
-        )
-    } else if !publishes_inserts {
-        CheckLine::fail(
-            name,
-            "does not publish inserts",
-            format!(
-                "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')",
-                crate::ident::quote_identifier(pubname)
+            Ok(warnings) => CheckLine::pass(
+                name,
+                format!(
+                    "covers exactly {}; warning: {}",
+                    list_tables(&source.tables),
+                    warnings
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; warning: ")
+                ),
             ),
-        )
-    } else if covered != expected {
-        let list = |set: &BTreeSet<String>| set.iter().cloned().collect::<Vec<_>>().join(", ");
-        CheckLine::fail(
-            name,
-            format!(
-                "covers [{}], expected exactly [{}]",
-                list(&covered),
-                list(&expected)
-            ),
-            alter,
-        )
-    } else {
-        CheckLine::pass(
-            name,
-            format!("covers exactly {}", list_tables(&source.tables)),
-        )
-    })
+            Err(e) => CheckLine::fail(name, e.found(), e.fix()),
+        },
+    )
 }
 
 fn list_tables(tables: &[TableName]) -> String {

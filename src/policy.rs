@@ -30,6 +30,7 @@
 //! | PostgreSQL: slot in use by another replica | stand by, retry every second |
 //! | PostgreSQL: slot or publication dropped, permission revoked, bad credentials | stop; nothing is recreated silently |
 //! | PostgreSQL: slot invalidated, or of another plugin | stop (see [`crate::source::slot`]) |
+//! | PostgreSQL: publication missing, `FOR ALL TABLES`, not exactly `source.tables`, or a row of another table arrives | stop, never published or dead-lettered (see [`crate::source::publication`]) |
 //! | PostgreSQL: slot ahead of this relay (another replica, or advanced by hand) | warn, resume from the slot |
 //! | PostgreSQL: history went back (restore, failover) | error line, resume from the slot ([`crate::source::history`]) |
 //! | PostgreSQL: another system identifier | stop, or follow with `source.on_new_system = "follow"` |

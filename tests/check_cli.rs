@@ -68,6 +68,12 @@ async fn check_passes_on_a_ready_database() {
     ] {
         line_with(&stdout, name);
     }
+    assert!(
+        line_with(&stdout, "publication ready_slot").ends_with(
+            "CREATE PUBLICATION \"ready_slot\" FOR TABLE \"public\".\"outbox\" WITH (publish = 'insert', publish_via_partition_root = true)"
+        ),
+        "recommends the publication the relay creates: {stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,7 +148,7 @@ async fn check_reports_tables_columns_and_publication_mismatch() {
     let publication = line_with(&stdout, "publication mismatch_slot");
     assert_eq!(
         publication,
-        "FAIL publication mismatch_slot: covers [public.other], expected exactly [public.outbox]; fix: ALTER PUBLICATION \"mismatch_slot\" SET TABLE \"public\".\"outbox\""
+        "FAIL publication mismatch_slot: publishes public.other, which source.tables does not list; does not publish public.outbox; fix: ALTER PUBLICATION \"mismatch_slot\" SET (publish = 'insert', publish_via_partition_root = true); ALTER PUBLICATION \"mismatch_slot\" SET TABLE \"public\".\"outbox\""
     );
 }
 

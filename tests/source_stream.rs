@@ -15,8 +15,8 @@ use common::workload::{write_rows, RowText, WrittenTxn};
 use common::{column_text, confirmed_flush, relay_config, start_source, wait_for, OUTBOX_DDL};
 use outbox_relay::checkpoint::SharedCheckpoint;
 use outbox_relay::replication::{Lsn, ReplicationError};
+use outbox_relay::source::publication::PublicationError;
 use outbox_relay::source::{Change, Source, SourceSettings};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ten_thousand_rows_from_four_writers_arrive_once_with_their_values_in_commit_order() {
@@ -271,36 +271,31 @@ async fn server_errors_carry_their_sqlstate() {
     assert!(err.to_string().contains("errors_slot"), "{err}");
     running.task.abort();
 
-    // A publication that does not exist: the server says so once a change is decoded.
+    // A publication that does not exist: the relay refuses to stream before it starts
+    // (see source::publication), instead of failing once a change is decoded.
     let missing = SourceSettings {
         publication: "no_such_pub".into(),
         ..settings
     };
-    let source = wait_for("the slot to be released", Duration::from_secs(10), || {
+    let err = wait_for("the slot to be released", Duration::from_secs(10), || {
         let (pg, missing) = (config.postgres_config(), missing.clone());
         async move {
-            Source::connect(&pg, missing, &SharedCheckpoint::new(Lsn::ZERO))
-                .await
-                .ok()
+            match Source::connect(&pg, missing, &SharedCheckpoint::new(Lsn::ZERO)).await {
+                Err(e) if e.is_slot_in_use() => None,
+                Err(e) => Some(e),
+                Ok(_) => panic!("streamed from a publication that does not exist"),
+            }
         }
     })
     .await;
-    let (tx, _rx) = tokio::sync::mpsc::channel(4);
-    let task = tokio::spawn(source.run(
-        tx,
-        CancellationToken::new(),
-        CancellationToken::new(),
-        Duration::from_secs(1),
-    ));
-    admin
-        .batch_execute("INSERT INTO outbox VALUES (gen_random_uuid(), 'a', '1', 't', '{}')")
-        .await
-        .unwrap();
-    let err = task.await.unwrap().expect_err("publication is missing");
-    let ReplicationError::Server(server) = &err else {
-        panic!("expected a server error, got {err}")
-    };
-    assert_eq!(server.code, "42704", "{err}");
-    assert!(server.message.contains("no_such_pub"), "{err}");
+    assert!(
+        matches!(
+            &err,
+            ReplicationError::Publication(PublicationError::Missing { publication, .. })
+                if publication == "no_such_pub"
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("CREATE PUBLICATION"), "{err}");
     assert!(!err.is_retryable());
 }

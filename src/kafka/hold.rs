@@ -361,7 +361,8 @@ pub(crate) fn rebuild(router: &mut Router, in_flight: &InFlight) -> Option<Outbo
     let (policy, original) = match router.route(&event.change) {
         Routed::Publish(record) => (Arc::clone(&record.policy), Some(record)),
         Routed::Reject { policy, .. } => (policy, None),
-        Routed::Ignore { .. } => return None,
+        // Never handed to the producer: nothing to rebuild.
+        Routed::Ignore { .. } | Routed::Foreign(_) => return None,
     };
     match &in_flight.dead_letter {
         Some(reason) => Some(crate::dlq::record(

@@ -7,7 +7,13 @@
 //!
 //! Only inserts publish. Updates, deletes and truncates of an outbox table are ignored and
 //! counted: the common pattern of inserting and deleting the outbox row in one transaction
-//! still publishes the insert, because pgoutput sends both.
+//! still publishes the insert, because pgoutput sends both. (The publication the relay
+//! creates sends inserts only, so these arrive only through one made by hand.)
+//!
+//! A change of any relation that is not in `source.tables` is [`Routed::Foreign`]: never
+//! published, never dead-lettered (a dead-letter record carries the whole row, and a
+//! business table's row must not leak there), never acknowledged. The relay stops before
+//! it with the fix for the publication (see [`crate::source::publication`]).
 //!
 //! Values are slices of the replication buffer; nothing is copied here (a `bytea`
 //! payload is the exception: its text form is hex and is decoded once).
@@ -19,7 +25,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::{OnError, OutboxConfig, TableMapping};
+use crate::config::{Config, OnError, OutboxConfig, TableMapping};
 use crate::ident::TableName;
 use crate::replication::pgoutput::{ColumnValue, Oid, Relation, TupleData};
 use crate::source::Change;
@@ -151,12 +157,28 @@ pub enum Routed {
         policy: Arc<TablePolicy>,
         problem: RowProblem,
     },
+    /// A change of a table that `source.tables` does not list: stop before it.
+    Foreign(ForeignTable),
+}
+
+/// A change of a table outside `source.tables` reached the relay: the publication carries
+/// more than the outbox. The error names the table, never a value of its row.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a {operation} of table {table} arrived through publication {publication}, but source.tables does not list {table}; the relay publishes and dead-letters nothing of it and stops before it (the slot stays before this change): remove the table from the publication with {fix}, then restart the relay (or, if {table} is an outbox table, add it to source.tables)")]
+pub struct ForeignTable {
+    pub table: TableName,
+    pub operation: &'static str,
+    pub publication: Arc<str>,
+    pub fix: String,
 }
 
 /// Routes changes to records; keeps each table's column positions and topic names.
 #[derive(Debug)]
 pub struct Router {
     outbox: OutboxConfig,
+    /// `source.tables`: the only relations whose changes are routed.
+    tables_configured: Vec<TableName>,
+    publication: Arc<str>,
     dlq_topic: Arc<str>,
     tables: HashMap<Oid, ResolvedTable>,
 }
@@ -179,16 +201,22 @@ struct ResolvedTable {
 }
 
 impl Router {
-    pub fn new(outbox: &OutboxConfig, dlq_topic: &str) -> Self {
+    /// A router for `config`'s `[outbox]`, `source.tables` and `dlq.topic`.
+    pub fn new(config: &Config) -> Self {
         Router {
-            outbox: outbox.clone(),
-            dlq_topic: Arc::from(dlq_topic),
+            outbox: config.outbox.clone(),
+            tables_configured: config.source.tables.clone(),
+            publication: Arc::from(config.source.publication.as_str()),
+            dlq_topic: Arc::from(config.dlq.topic.as_str()),
             tables: HashMap::new(),
         }
     }
 
     /// What `change` becomes.
     pub fn route(&mut self, change: &Change) -> Routed {
+        if let Some(foreign) = self.foreign(change) {
+            return Routed::Foreign(foreign);
+        }
         let (relation, row) = match change {
             Change::Insert { relation, row } => (relation, row),
             Change::Update { relation, .. } | Change::Delete { relation, .. } => {
@@ -216,6 +244,35 @@ impl Router {
                 problem,
             },
         }
+    }
+
+    /// The first relation of `change` outside `source.tables`, as the error to stop on.
+    fn foreign(&self, change: &Change) -> Option<ForeignTable> {
+        let relations = match change {
+            Change::Insert { relation, .. }
+            | Change::Update { relation, .. }
+            | Change::Delete { relation, .. } => std::slice::from_ref(relation),
+            Change::Truncate { relations } => relations.as_slice(),
+        };
+        let relation = relations.iter().find(|r| {
+            !self
+                .tables_configured
+                .iter()
+                .any(|t| t.schema == r.namespace && t.table == r.name)
+        })?;
+        let table = TableName {
+            schema: relation.namespace.clone(),
+            table: relation.name.clone(),
+        };
+        Some(ForeignTable {
+            fix: crate::admin_sql::drop_publication_tables_sql(
+                &self.publication,
+                std::slice::from_ref(&table),
+            ),
+            table,
+            operation: change.operation(),
+            publication: Arc::clone(&self.publication),
+        })
     }
 
     fn resolve(&mut self, relation: &Arc<Relation>) -> &mut ResolvedTable {

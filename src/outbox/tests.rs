@@ -49,7 +49,7 @@ fn router(extra: &str) -> Router {
         "[source]\nurl = \"postgres://u@h/db\"\nslot = \"s\"\npublication = \"p\"\ntables = [\"public.outbox\"]\n{extra}"
     );
     let config = Config::from_toml(&text, Path::new("t.toml"), |_| None).unwrap();
-    Router::new(&config.outbox, &config.dlq.topic)
+    Router::new(&config)
 }
 
 fn insert(relation: &Arc<Relation>, row: TupleData) -> Change {
@@ -283,4 +283,53 @@ fn a_missing_column_is_the_tables_fault_and_a_null_the_rows() {
     };
     assert!(!null.is_table_fault());
     assert_eq!(null.table_fix(), None);
+}
+
+/// A business table with the outbox's columns: its rows could otherwise be published.
+fn orders_relation() -> Arc<Relation> {
+    let outbox = debezium_relation();
+    Arc::new(Relation {
+        oid: 43,
+        name: "orders".into(),
+        ..(*outbox).clone()
+    })
+}
+
+#[test]
+fn changes_of_tables_outside_source_tables_are_foreign_never_published_or_rejected() {
+    let orders = orders_relation();
+    let outbox = debezium_relation();
+    let mut router = router("");
+    let row = text(&[Some(ID), Some("order"), Some("k"), Some("t"), Some("{}")]);
+    let changes = [
+        insert(&orders, row.clone()),
+        Change::Delete {
+            relation: Arc::clone(&orders),
+            old: crate::replication::pgoutput::OldTuple::Key(row.clone()),
+        },
+        // One foreign relation is enough, even next to the outbox.
+        Change::Truncate {
+            relations: vec![Arc::clone(&outbox), Arc::clone(&orders)],
+        },
+    ];
+    for (change, operation) in changes.iter().zip(["insert", "delete", "truncate"]) {
+        let Routed::Foreign(foreign) = router.route(change) else {
+            panic!("{operation} of public.orders was routed");
+        };
+        assert_eq!(foreign.table.to_string(), "public.orders");
+        assert_eq!(foreign.operation, operation);
+        assert_eq!(
+            foreign.fix,
+            "ALTER PUBLICATION \"p\" DROP TABLE \"public\".\"orders\""
+        );
+        let message = foreign.to_string();
+        assert!(
+            message.contains("public.orders") && !message.contains(ID),
+            "names the table, never the row: {message}"
+        );
+    }
+    assert!(matches!(
+        router.route(&insert(&outbox, row)),
+        Routed::Publish(_)
+    ));
 }

@@ -39,6 +39,8 @@ pub enum RelayError {
         class: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    Foreign(#[from] crate::outbox::ForeignTable),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -48,7 +50,7 @@ impl RelayError {
     /// classifies as retry. Unknown internal failures (a panicked task) count as retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            RelayError::Config(_) | RelayError::Row { .. } => false,
+            RelayError::Config(_) | RelayError::Row { .. } | RelayError::Foreign(_) => false,
             RelayError::Admin(e) => policy::classify(Failure::Admin(e)) == Action::Retry,
             RelayError::Replication(e) => {
                 policy::classify(Failure::Replication(e)) == Action::Retry

@@ -32,6 +32,13 @@ const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
 /// How often the sink looks for failed deliveries while no events arrive.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
+/// A change of a table outside `source.tables`: the relay stops before it (see
+/// [`crate::outbox`]), logging the table and the fix, never the row.
+fn stop_on_foreign(foreign: crate::outbox::ForeignTable) -> RelayError {
+    error!(table = %foreign.table, publication = %foreign.publication, fix = %foreign.fix, "stopping: a table outside source.tables is in the publication; the slot stays before its change");
+    RelayError::Foreign(foreign)
+}
+
 /// Routes events and hands them to the producer.
 pub(super) struct Sink {
     pub(super) router: Router,
@@ -113,6 +120,8 @@ impl Sink {
                     };
                     self.reject(&event, &policy, None, reason, shutdown).await?;
                 }
+                // Not acknowledged: the slot stays before it.
+                Routed::Foreign(foreign) => return Err(stop_on_foreign(foreign)),
             }
         }
         Ok(())
@@ -287,6 +296,8 @@ impl Sink {
                     self.ack(&event)?;
                     continue;
                 }
+                // Cannot happen (never sent); never dead-letter it all the same.
+                Routed::Foreign(foreign) => return Err(stop_on_foreign(foreign)),
             };
             match refused.in_flight.dead_letter {
                 // The row was already logged and counted when it was first dead-lettered:

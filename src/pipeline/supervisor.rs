@@ -145,7 +145,7 @@ impl Pipeline {
         let producer = EventProducer::new(kafka, checkpoint.clone(), health.clone())?;
         let topics = TopicManager::new(kafka)?;
         let sink = Sink {
-            router: Router::new(&config.outbox, &config.dlq.topic),
+            router: Router::new(config),
             producer,
             topics,
             hold: Hold::new(kafka, health.clone(), checkpoint.clone()),

@@ -55,6 +55,8 @@ pub enum ReplicationError {
     Protocol(String),
     #[error("{0}")]
     SlotUnusable(String),
+    #[error(transparent)]
+    Publication(#[from] crate::source::publication::PublicationError),
     #[error("no message from PostgreSQL for {0:?} (wal_receiver_timeout); the connection is presumed dead")]
     ReceiveTimeout(std::time::Duration),
     #[error("cannot assemble transactions from the replication stream: {0}")]
@@ -84,6 +86,7 @@ impl ReplicationError {
             | ReplicationError::Tls { .. }
             | ReplicationError::Unsupported(_)
             | ReplicationError::SlotUnusable(_)
+            | ReplicationError::Publication(_)
             | ReplicationError::Protocol(_)
             | ReplicationError::Assembly(_)
             | ReplicationError::OtherSystem { .. }

@@ -24,10 +24,14 @@
 //! [`history`] went back: then at the slot's position, never past it. Either way the start
 //! is at or below the server's WAL end (`debug_assert!`ed): the relay never asks for a
 //! position the server's own history does not hold.
+//!
+//! Before it starts, every connection checks the slot ([`slot`]) and the publication
+//! ([`publication`]): a publication that carries more than `source.tables` stops the relay.
 
 pub mod assembler;
 pub mod events;
 pub mod history;
+pub mod publication;
 pub mod slot;
 pub mod status;
 
@@ -45,7 +49,7 @@ use status::StatusSchedule;
 
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::OnNewSystem;
-use crate::ident::quote_literal;
+use crate::ident::{quote_literal, TableName};
 use crate::metrics as metric;
 use crate::replication::pgoutput;
 use crate::replication::{
@@ -61,6 +65,8 @@ pub struct SourceSettings {
     pub tls: crate::tls::TlsSettings,
     pub slot: String,
     pub publication: String,
+    /// `source.tables`: exactly what the publication must cover (see [`publication`]).
+    pub tables: Vec<TableName>,
     pub status_interval: Duration,
     pub max_batch_events: usize,
     /// With nothing from the server for this long the connection is presumed dead; at
@@ -82,6 +88,7 @@ impl SourceSettings {
             tls: config.tls_settings(),
             slot: config.source.slot.as_str().to_owned(),
             publication: config.source.publication.as_str().to_owned(),
+            tables: config.source.tables.clone(),
             status_interval: Duration::from_millis(config.source.status_interval_ms),
             max_batch_events: config.source.max_batch_events,
             receive_timeout: Duration::from_millis(config.source.wal_receiver_timeout_ms),
@@ -132,6 +139,7 @@ impl Source {
         let mut connection = ReplicationConnection::connect_tls(pg, &settings.tls).await?;
         let identity = connection.identify_system().await?;
         let slot = slot_position(&mut connection, &settings.slot, settings.believed_flush).await?;
+        check_publication(&mut connection, &settings.publication, &settings.tables).await?;
         let confirmed = slot.confirmed;
         let flushed = checkpoint.flushed();
         let verdict = history::check(settings.history.lock().seen.as_ref(), flushed, &identity);
@@ -502,4 +510,24 @@ async fn slot_position(
         }
     };
     slot::check(slot, row, believed)
+}
+
+/// Stops before streaming from a publication that carries more (or less) than
+/// `tables`; warns about options that differ from the ones the relay creates.
+async fn check_publication(
+    connection: &mut ReplicationConnection,
+    name: &str,
+    tables: &[TableName],
+) -> Result<(), ReplicationError> {
+    let rows = connection
+        .simple_query(&crate::admin_sql::publication_rows_sql(&quote_literal(
+            name,
+        )))
+        .await?;
+    let found =
+        publication::PublicationFound::from_rows(&rows).map_err(ReplicationError::Protocol)?;
+    for warning in publication::check(name, tables, found.as_ref())? {
+        warn!(publication = name, "{warning}");
+    }
+    Ok(())
 }
