@@ -21,23 +21,23 @@
 
 pub mod plan;
 pub mod progress;
+pub mod target;
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::{Config, KafkaConfig};
 use crate::kafka::properties;
 use plan::{DeadLetter, Planner, Replay, SkipReason};
 use progress::{commit_offsets, Position, Summary};
+use target::TargetError;
 
 /// Records sent before waiting for their delivery reports (bounds memory and what a
 /// refusal leaves to publish again).
@@ -46,12 +46,6 @@ const BATCH_RECORDS: usize = 500;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to let delivery reports drain a full producer queue before sending again.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(20);
-/// How long a created topic may take to appear in the producer's metadata.
-const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a topic's metadata or partitions are asked again while they are not there yet.
-const METADATA_POLL: Duration = Duration::from_millis(50);
-/// How long a target topic's partitions may take to be served by their leaders.
-const PARTITIONS_SERVED_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What to replay and how.
 #[derive(Debug, Clone)]
@@ -104,7 +98,10 @@ pub enum ReplayError {
     #[error("{} (id {}): target topic {} does not exist and kafka.create_topics is false; create it and run dlq replay again; nothing from this record on is committed", .at.position, .at.id, .at.topic)]
     MissingTopic { at: Box<Failed> },
     #[error("{} (id {}): cannot create target topic {}: {code}; create it by hand and run dlq replay again; nothing from this record on is committed", .at.position, .at.id, .at.topic)]
-    CreateTopic { at: Box<Failed>, code: String },
+    CreateTopic {
+        at: Box<Failed>,
+        code: RDKafkaErrorCode,
+    },
     #[error("{} (id {}): cannot produce to topic {}: {source}; nothing from this record on is committed", .at.position, .at.id, .at.topic)]
     Produce {
         at: Box<Failed>,
@@ -362,8 +359,14 @@ async fn publish(
         };
         let topic = replay.record.topic.to_string();
         if !ready_topics.contains(&topic) {
-            if let Err(e) = topic_ready(producer, kafka, &topic, entry).await {
-                first = Some((index, e));
+            if let Err(e) = target::ready(producer, kafka, &topic).await {
+                let at = entry.failed(&topic);
+                let error = match e {
+                    TargetError::Missing => ReplayError::MissingTopic { at },
+                    TargetError::Create(code) => ReplayError::CreateTopic { at, code },
+                    TargetError::Client(e) => ReplayError::Client(e),
+                };
+                first = Some((index, error));
                 break;
             }
             ready_topics.insert(topic);
@@ -449,83 +452,6 @@ async fn send(
             Err((e, _)) => return Err(e),
         }
     }
-}
-
-/// Checks that `topic` exists (creating it with `kafka.create_topics`, as the relay would)
-/// and its partitions are served, before its first record: librdkafka would otherwise park
-/// records in its unassigned queue (where later ones can overtake them), and a partition's
-/// first refused batches can be reported delivered.
-async fn topic_ready(
-    producer: &FutureProducer,
-    kafka: &KafkaConfig,
-    topic: &str,
-    entry: &Entry,
-) -> Result<(), ReplayError> {
-    let mut ids = partitions_known(producer, topic)?;
-    if ids.is_empty() && kafka.create_topics {
-        create_topic(kafka, topic, entry).await?;
-        let deadline = std::time::Instant::now() + TOPIC_METADATA_TIMEOUT;
-        while ids.is_empty() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(METADATA_POLL).await;
-            ids = partitions_known(producer, topic)?;
-        }
-    }
-    if ids.is_empty() {
-        return Err(ReplayError::MissingTopic {
-            at: entry.failed(topic),
-        });
-    }
-    let deadline = std::time::Instant::now() + PARTITIONS_SERVED_TIMEOUT;
-    for partition in ids {
-        while producer
-            .client()
-            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-            .is_err()
-            && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(METADATA_POLL).await;
-        }
-    }
-    Ok(())
-}
-
-/// The partitions of `topic` in the producer's metadata; empty while it does not exist.
-fn partitions_known(producer: &FutureProducer, topic: &str) -> Result<Vec<i32>, ReplayError> {
-    let metadata = producer
-        .client()
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(ReplayError::Client)?;
-    Ok(crate::kafka::partitions_of(&metadata, topic))
-}
-
-/// Creates `topic` as the relay would (`kafka.topic_partitions`, `_replication_factor`).
-async fn create_topic(kafka: &KafkaConfig, topic: &str, entry: &Entry) -> Result<(), ReplayError> {
-    let admin: AdminClient<DefaultClientContext> = properties::connection_config(kafka)
-        .create()
-        .map_err(ReplayError::Client)?;
-    let new_topic = NewTopic::new(
-        topic,
-        kafka.topic_partitions,
-        TopicReplication::Fixed(kafka.topic_replication_factor),
-    );
-    let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
-    let results = admin
-        .create_topics([&new_topic], &options)
-        .await
-        .map_err(ReplayError::Client)?;
-    for result in results {
-        match result {
-            Ok(_) => tracing::info!(topic, "created topic"),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => {
-                return Err(ReplayError::CreateTopic {
-                    at: entry.failed(topic),
-                    code: code.to_string(),
-                })
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The dead letter in `message` and the plan for it.
