@@ -255,7 +255,7 @@ async fn run(
     let mut ready_topics = HashSet::new();
     let mut read = 0usize;
     let mut carried: Option<Entry> = None;
-    let result = loop {
+    let result = 'batches: loop {
         let mut batch: Vec<Entry> = carried.take().into_iter().collect();
         let mut keys: HashSet<(String, Option<Bytes>)> = HashSet::new();
         for entry in &batch {
@@ -269,7 +269,7 @@ async fn run(
         {
             let message = match tokio::time::timeout(options.idle_timeout, consumer.recv()).await {
                 Err(_) => break,
-                Ok(Err(e)) => return Err(ReplayError::Client(e)),
+                Ok(Err(e)) => break 'batches Err(ReplayError::Client(e)),
                 Ok(Ok(message)) => message,
             };
             read += 1;
@@ -301,26 +301,38 @@ async fn run(
         let (done, failure) =
             publish(producer, &batch, kafka, &mut ready_topics, summary, print).await;
         let offsets = commit_offsets(batch.iter().map(|e| &e.position).zip(done));
-        if !offsets.is_empty() {
-            let mut list = TopicPartitionList::new();
-            for ((topic, partition), offset) in &offsets {
-                list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
-                    .map_err(ReplayError::Client)?;
-            }
-            consumer
-                .commit(&list, CommitMode::Sync)
-                .map_err(|source| ReplayError::Commit {
-                    group: options.group.clone(),
-                    source,
-                })?;
-            partitions.committed.extend(offsets);
+        if let Err(e) = commit(&consumer, &offsets, &options.group) {
+            break Err(e);
         }
+        partitions.committed.extend(offsets);
         if let Some(failure) = failure {
             break Err(failure);
         }
     };
     summary.remaining = remaining(&consumer, &partitions);
     result
+}
+
+/// Commits `offsets` (the next record to read per DLQ partition) for `group`.
+fn commit(
+    consumer: &StreamConsumer,
+    offsets: &BTreeMap<(String, i32), i64>,
+    group: &str,
+) -> Result<(), ReplayError> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .map_err(ReplayError::Client)?;
+    }
+    consumer
+        .commit(&list, CommitMode::Sync)
+        .map_err(|source| ReplayError::Commit {
+            group: group.to_owned(),
+            source,
+        })
 }
 
 /// Counts a dry run's entry.
