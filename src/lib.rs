@@ -17,7 +17,8 @@
 //! - [`admin_sql`]: publication and slot creation over an ordinary SQL connection.
 //! - [`check`]: the `check` command's prerequisites, each with its fix.
 //! - [`outbox`]: a row change → the Kafka record it becomes (Debezium-compatible routing).
-//! - [`dlq`]: the dead-letter record for a row that can never be published.
+//! - [`dlq`]: the dead-letter record for a row that can never be published;
+//!   [`dlq_replay`] publishes dead letters again once their cause is fixed.
 //! - [`kafka`]: producer settings, topic creation, delivery reports → acknowledgements;
 //!   [`kafka::hold`] holds and resends the records of a topic the broker refuses.
 //! - [`status`]: the slot and publication as PostgreSQL sees them (`outbox-relay status`).
@@ -36,6 +37,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod dlq;
+pub mod dlq_replay;
 pub mod health;
 pub mod ident;
 pub mod kafka;

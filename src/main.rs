@@ -78,6 +78,31 @@ enum DlqCommand {
         #[arg(long, default_value_t = 5_000)]
         idle_timeout_ms: u64,
     },
+    /// Publish dead-lettered rows again, rebuilt with the current routing config, to the
+    /// topic the routing names, with the original key and id; commits its position in a
+    /// consumer group only after every delivery. Exits 1 if a record could not be published.
+    Replay {
+        /// The relay's TOML config file (for [kafka], [dlq], [outbox] and source.tables).
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print one line per record saying what would be published where; publish and
+        /// commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        max: Option<usize>,
+        /// Stop after this many milliseconds without a record.
+        #[arg(long, default_value_t = 5_000)]
+        idle_timeout_ms: u64,
+        /// Replay only records of this outbox.error.class (repeatable); others are skipped.
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// The consumer group holding the replay position
+        /// [default: outbox-relay-dlq-replay.<source.slot>].
+        #[arg(long)]
+        group: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -110,6 +135,26 @@ fn main() -> ExitCode {
                     idle_timeout_ms,
                 },
         } => runtime.block_on(tail(&config, None, max, idle_timeout_ms)),
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    config,
+                    dry_run,
+                    max,
+                    idle_timeout_ms,
+                    classes,
+                    group,
+                },
+        } => {
+            let options = |config: &Config| outbox_relay::dlq_replay::ReplayOptions {
+                dry_run,
+                max_records: max,
+                idle_timeout: Duration::from_millis(idle_timeout_ms),
+                classes,
+                group: group.unwrap_or_else(|| outbox_relay::dlq_replay::default_group(config)),
+            };
+            runtime.block_on(replay(&config, options))
+        }
     }
 }
 
@@ -301,6 +346,38 @@ async fn tail(
     match outbox_relay::tail::tail(&kafka, &options, render, |line| println!("{line}")).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `dlq replay`: one line per record, then the summary; exit 1 if a record failed.
+async fn replay(
+    path: &Path,
+    options: impl FnOnce(&Config) -> outbox_relay::dlq_replay::ReplayOptions,
+) -> ExitCode {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(code) => return code,
+    };
+    let Some(kafka) = config.kafka.clone() else {
+        eprintln!(
+            "error: {}: kafka: required section is missing; add [kafka] with bootstrap_servers",
+            path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let options = options(&config);
+    let outcome =
+        outbox_relay::dlq_replay::replay(&kafka, &config, &options, |line| println!("{line}"))
+            .await;
+    for line in outcome.summary.lines() {
+        println!("{line}");
+    }
+    match outcome.error {
+        None => ExitCode::SUCCESS,
+        Some(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
