@@ -150,7 +150,7 @@ impl Planner {
     pub fn new(config: &Config, classes: Vec<String>) -> Self {
         Planner {
             outbox: config.outbox.clone(),
-            router: Router::new(&config.outbox, &config.dlq.topic),
+            router: Router::new(config),
             tables: config.source.tables.clone(),
             classes,
         }
@@ -211,6 +211,10 @@ impl Planner {
             Routed::Publish(record) => record,
             Routed::Reject { problem, .. } => return Err(SkipReason::StillRejected(problem)),
             Routed::Ignore { .. } => unreachable!("an insert is never ignored"),
+            // Checked against source.tables above; never replay another table's row.
+            Routed::Foreign(foreign) => {
+                return Err(SkipReason::TableNotRelayed(foreign.table.to_string()))
+            }
         };
         let rebuilt_id = record
             .headers
