@@ -18,6 +18,8 @@ use crate::source::publication::PublicationFound;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckLine {
     pub passed: bool,
+    /// Passed, but with a risk the operator should know about (printed as `warn`).
+    pub warning: bool,
     /// What was checked, e.g. `wal_level=logical`.
     pub name: String,
     /// What was found.
@@ -30,15 +32,27 @@ impl CheckLine {
     fn pass(name: impl Into<String>, found: impl Into<String>) -> Self {
         CheckLine {
             passed: true,
+            warning: false,
             name: name.into(),
             found: found.into(),
             fix: None,
         }
     }
 
+    fn warn(name: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Self {
+        CheckLine {
+            passed: true,
+            warning: true,
+            name: name.into(),
+            found: found.into(),
+            fix: Some(fix.into()),
+        }
+    }
+
     fn fail(name: impl Into<String>, found: impl Into<String>, fix: impl Into<String>) -> Self {
         CheckLine {
             passed: false,
+            warning: false,
             name: name.into(),
             found: found.into(),
             fix: Some(fix.into()),
@@ -48,7 +62,11 @@ impl CheckLine {
 
 impl fmt::Display for CheckLine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mark = if self.passed { "ok  " } else { "FAIL" };
+        let mark = match (self.passed, self.warning) {
+            (false, _) => "FAIL",
+            (true, true) => "warn",
+            (true, false) => "ok  ",
+        };
         write!(f, "{mark} {}: {}", self.name, self.found)?;
         if let Some(fix) = &self.fix {
             write!(f, "; fix: {fix}")?;
@@ -92,7 +110,34 @@ async fn checks(client: &Client, config: &Config) -> Result<Vec<CheckLine>, Admi
     }
     lines.push(publication(client, config).await?);
     lines.push(slot(client, config).await?);
+    if let Some(kafka) = &config.kafka {
+        lines.push(durability(kafka).await);
+    }
     Ok(lines)
+}
+
+/// Whether `acks=all` is durable on the topics the relay creates (a warning, never a
+/// failure: a single-broker development cluster is legitimate).
+async fn durability(kafka: &crate::config::KafkaConfig) -> CheckLine {
+    use crate::kafka::durability;
+    const NAME: &str = "kafka acks=all durable";
+    match durability::inspect(kafka).await {
+        Ok(found) => {
+            let figures = format!(
+                "{} broker(s), replication factor {}, min.insync.replicas {}",
+                found.brokers, found.replication_factor, found.min_insync_replicas
+            );
+            match durability::warning(&found) {
+                Some(fix) => CheckLine::warn(NAME, figures, fix),
+                None => CheckLine::pass(NAME, figures),
+            }
+        }
+        Err(e) => CheckLine::warn(
+            NAME,
+            format!("not checked: {e}"),
+            "make kafka.bootstrap_servers reachable from here to check it",
+        ),
+    }
 }
 
 async fn query_one(

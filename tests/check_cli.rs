@@ -231,3 +231,33 @@ async fn status_shows_slot_and_publication_as_text_and_json() {
     );
     assert!(value["retained_wal_bytes"].as_i64().is_some());
 }
+
+/// With `[kafka]`, `check` also says whether `acks=all` is durable: on the single-broker
+/// test cluster it warns (replication factor 1), names the fix, and still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_when_acks_all_is_not_durable() {
+    let cluster = PgCluster::shared();
+    let broker = common::kafka::Broker::shared();
+    let db = cluster.create_database("durable").await;
+    cluster
+        .client(&db)
+        .await
+        .batch_execute(OUTBOX_DDL)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(&cluster.url(&db), "durable_slot")
+        + &format!(
+            "\n[kafka]\nbootstrap_servers = \"{}\"\n",
+            broker.bootstrap()
+        );
+    let (code, stdout) = check(&write_config(&dir, &text));
+    assert_eq!(code, 0, "a warning is not a failure: {stdout}");
+    let line = line_with(&stdout, "kafka acks=all durable");
+    assert!(
+        line.starts_with("warn ")
+            && line.contains("1 broker(s), replication factor 1")
+            && line.contains("kafka.topic_replication_factor = 3"),
+        "{line}"
+    );
+}

@@ -162,3 +162,37 @@ async fn rows_in_bursts_into_new_topics_all_arrive() {
         relay.log()
     );
 }
+
+/// Topics the relay creates take `kafka.topic_config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_topics_take_the_configured_topic_config() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    let cluster = PgCluster::shared();
+    let broker = Broker::shared();
+    let stage = Stage::new(cluster, "topicconfig").await;
+    let address = format!("127.0.0.1:{}", cluster.port());
+    let config = stage.config("relay.toml", &address, &broker.bootstrap());
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "\n[kafka.topic_config]\n\"retention.ms\" = \"3600000\"\n\"cleanup.policy\" = \"delete\"\n";
+    std::fs::write(&config, text).unwrap();
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    common::workload::write_seq(&stage.admin, 0, 1).await;
+    broker
+        .consume_count(&[&stage.topic], 1, Duration::from_secs(60))
+        .await;
+    let admin: AdminClient<DefaultClientContext> =
+        broker.client_config().create().expect("admin client");
+    let described = admin
+        .describe_configs(
+            [&ResourceSpecifier::Topic(&stage.topic)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .expect("describe configs");
+    let resource = described[0].as_ref().expect("topic configs");
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    assert_eq!(value("retention.ms").as_deref(), Some("3600000"));
+    assert_eq!(value("cleanup.policy").as_deref(), Some("delete"));
+}

@@ -194,6 +194,10 @@ pub struct KafkaConfig {
     /// Replication factor of created topics; -1 takes the broker's default.
     #[serde(default = "default_topic_replication_factor")]
     pub topic_replication_factor: i32,
+    /// Topic configs of created topics (e.g. `"min.insync.replicas" = "2"`), as
+    /// `kafka-topics.sh --config` takes them; the broker validates them.
+    #[serde(default)]
+    pub topic_config: BTreeMap<String, String>,
     /// With `create_topics = false`: how long a row waits for its missing topic to appear
     /// before it is dead-lettered as `unknown_topic`.
     #[serde(default = "default_unknown_topic_wait_ms")]

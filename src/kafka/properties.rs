@@ -356,6 +356,7 @@ mod tests {
             create_topics: true,
             topic_partitions: 1,
             topic_replication_factor: 1,
+            topic_config: Default::default(),
             unknown_topic_wait_ms: 1_000,
             properties,
         };
@@ -377,6 +378,7 @@ mod tests {
             create_topics: true,
             topic_partitions: 1,
             topic_replication_factor: 1,
+            topic_config: Default::default(),
             unknown_topic_wait_ms: 1_000,
             properties: props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
         };

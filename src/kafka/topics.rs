@@ -36,6 +36,8 @@ pub struct TopicManager {
     create: bool,
     partitions: i32,
     replication_factor: i32,
+    /// `kafka.topic_config`, applied to every topic the relay creates.
+    topic_config: Vec<(String, String)>,
 }
 
 /// librdkafka's default `batch.size`.
@@ -71,6 +73,11 @@ impl TopicManager {
             create: kafka.create_topics,
             partitions: kafka.topic_partitions,
             replication_factor: kafka.topic_replication_factor,
+            topic_config: kafka
+                .topic_config
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         })
     }
 
@@ -143,11 +150,14 @@ impl TopicManager {
     }
 
     async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {
-        let new_topic = NewTopic::new(
+        let mut new_topic = NewTopic::new(
             topic,
             self.partitions,
             TopicReplication::Fixed(self.replication_factor),
         );
+        for (key, value) in &self.topic_config {
+            new_topic = new_topic.set(key, value);
+        }
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
         let results = self
             .admin
