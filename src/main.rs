@@ -203,6 +203,8 @@ async fn run(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the admin endpoint serves them: the first scrape lists every known series.
+    outbox_relay::metrics::register(&config);
     let health = outbox_relay::health::Health::default();
     let listen = config
         .admin

@@ -13,19 +13,31 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// Events acknowledged by Kafka, by table and topic.
+pub mod initial;
+pub use initial::register;
+
+/// Outbox rows acknowledged by Kafka, by table and topic; a dead-lettered row counts under
+/// its dead-letter topic. Pre-registered at 0 (see [`initial`]).
 pub const EVENTS: &str = "outbox_relay_events_total";
-/// Rows written to the dead-letter topic, by table and error class.
+/// Rows routed to the dead-letter topic, by table and error class (counted when routed,
+/// before the dead-letter topic acknowledges them).
 pub const EVENTS_DEAD_LETTERED: &str = "outbox_relay_events_dead_lettered_total";
-/// UPDATE / DELETE / TRUNCATE of outbox tables, acknowledged without publishing.
+/// UPDATE / DELETE / TRUNCATE of outbox tables, acknowledged without publishing, by table
+/// and op.
 pub const EVENTS_IGNORED: &str = "outbox_relay_events_ignored_total";
-/// Transactions read from the slot.
+/// Transactions read from the slot (counted at their commit message).
 pub const TRANSACTIONS: &str = "outbox_relay_transactions_total";
-/// Commit in PostgreSQL to acknowledgement by Kafka.
+/// Commit in PostgreSQL to acknowledgement by Kafka, per delivered record (dead letters
+/// included).
 pub const DELIVERY_LATENCY: &str = "outbox_relay_delivery_latency_seconds";
-/// Now minus the commit time of the last acknowledged transaction; 0 when caught up.
+/// Now minus the commit time of the oldest transaction not yet acknowledged; with none
+/// pending, now minus the last time the relay was caught up (or the last received commit,
+/// if later) while the server's known WAL end is ahead of what it handled; 0 only when
+/// caught up (see `source::lag`).
 pub const LAG_SECONDS: &str = "outbox_relay_lag_seconds";
-/// The server's WAL end minus the confirmed flush LSN.
+/// The server's WAL end as the relay knows it (its end at connection, raised by every
+/// `wal_end` the walsender reports since) minus the flush LSN confirmed to it: the WAL the
+/// slot retains for this relay, a lower bound while the walsender is behind.
 pub const REPLICATION_LAG_BYTES: &str = "outbox_relay_replication_lag_bytes";
 /// The flush LSN last reported to the server, as a number.
 pub const CONFIRMED_FLUSH_LSN: &str = "outbox_relay_confirmed_flush_lsn";
@@ -33,7 +45,8 @@ pub const CONFIRMED_FLUSH_LSN: &str = "outbox_relay_confirmed_flush_lsn";
 pub const IN_FLIGHT_EVENTS: &str = "outbox_relay_in_flight_events";
 /// Messages in librdkafka's queue (waiting or in flight to the broker).
 pub const KAFKA_QUEUE_MESSAGES: &str = "outbox_relay_kafka_queue_messages";
-/// 1 while connected, by target (`postgres`, `kafka`).
+/// 1 while streaming from PostgreSQL (`target="postgres"`) or while a Kafka broker is up
+/// and answering (`target="kafka"`).
 pub const CONNECTED: &str = "outbox_relay_connected";
 /// 1 while another relay holds the slot and this one stands by to take over.
 pub const STANDBY: &str = "outbox_relay_standby";
@@ -43,7 +56,8 @@ pub const TOPIC_BLOCKED: &str = "outbox_relay_topic_blocked";
 /// 1 while the stream is held for a table whose columns no longer match the config, by
 /// table.
 pub const TABLE_BLOCKED: &str = "outbox_relay_table_blocked";
-/// Reconnections, by target.
+/// Reconnections, by target: PostgreSQL reconnections of the supervisor, and the Kafka
+/// client's new broker connections from librdkafka's statistics.
 pub const RECONNECTS: &str = "outbox_relay_reconnects_total";
 /// Times the Kafka client was given its bootstrap servers again (see `kafka::rebootstrap`).
 pub const KAFKA_REBOOTSTRAPS: &str = "outbox_relay_kafka_rebootstraps_total";
@@ -56,13 +70,17 @@ pub const HISTORY_REWINDS: &str = "outbox_relay_history_rewinds_total";
 pub const SLOT_ADVANCED_ELSEWHERE: &str = "outbox_relay_slot_advanced_elsewhere_total";
 /// Transactions read again from their start because the last connection ended inside them.
 pub const TRANSACTION_RESTARTS: &str = "outbox_relay_transaction_restarts_total";
-/// In-process restarts of the pipeline after a retryable failure, by stage.
+/// In-process restarts of the pipeline after a retryable failure.
 pub const PIPELINE_RESTARTS: &str = "outbox_relay_pipeline_restarts_total";
 /// Always 1, with the version as a label.
 pub const BUILD_INFO: &str = "outbox_relay_build_info";
+/// Always 1, with the replication slot as a label: which instances are replicas of one
+/// relay, for alerts over all of them (e.g. every replica of a slot standing by). A label
+/// here rather than on [`STANDBY`] and [`CONNECTED`] keeps their series as they were.
+pub const SLOT_INFO: &str = "outbox_relay_slot_info";
 /// Average broker round-trip time from librdkafka's statistics, by broker.
 pub const KAFKA_BROKER_RTT: &str = "outbox_relay_kafka_broker_rtt_seconds";
-/// Transmit errors from librdkafka's statistics, by broker.
+/// Transmit errors since start from librdkafka's statistics, by broker.
 pub const KAFKA_BROKER_TX_ERRORS: &str = "outbox_relay_kafka_broker_tx_errors";
 
 /// Delivery latency buckets, in seconds: from a millisecond to a minute.
@@ -125,31 +143,34 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         EVENTS,
-        "Outbox events acknowledged by Kafka, by table and topic"
+        "Outbox rows acknowledged by Kafka, by table and topic (a dead-lettered row counts under its dead-letter topic); at 0 from start for each table's fixed topics, and with the table label alone for a table routed per row"
     );
     describe_counter!(
         EVENTS_DEAD_LETTERED,
-        "Outbox rows published to the dead-letter topic instead of their own, by table and class"
+        "Outbox rows routed to the dead-letter topic instead of their own, by table and class, counted before the dead-letter topic acknowledges them; at 0 from start for every class"
     );
     describe_counter!(
         EVENTS_IGNORED,
-        "UPDATE, DELETE and TRUNCATE changes of outbox tables, which publish nothing"
+        "UPDATE, DELETE and TRUNCATE changes of outbox tables, which publish nothing, by table and op"
     );
-    describe_counter!(TRANSACTIONS, "Transactions read from the replication slot");
+    describe_counter!(
+        TRANSACTIONS,
+        "Transactions read from the replication slot, counted at their commit"
+    );
     describe_histogram!(
         DELIVERY_LATENCY,
         Unit::Seconds,
-        "Time from the PostgreSQL commit to the Kafka acknowledgement"
+        "Time from the PostgreSQL commit to the Kafka acknowledgement, per delivered record (dead letters included)"
     );
     describe_gauge!(
         LAG_SECONDS,
         Unit::Seconds,
-        "Now minus the commit time of the last acknowledged transaction; 0 when idle and caught up"
+        "Now minus the commit time of the oldest transaction not yet acknowledged; with none pending but the server's known WAL end ahead of what the relay handled, now minus the last time it was caught up (or the last received commit, if later); 0 only when caught up"
     );
     describe_gauge!(
         REPLICATION_LAG_BYTES,
         Unit::Bytes,
-        "The server's WAL end minus the confirmed flush LSN"
+        "WAL the slot retains for this relay: the server's WAL end as the relay knows it (its end at connection, raised by every position the walsender reports, so a lower bound while the walsender is behind) minus the flush LSN confirmed to it"
     );
     describe_gauge!(
         CONFIRMED_FLUSH_LSN,
@@ -161,15 +182,15 @@ pub fn describe() {
     );
     describe_gauge!(
         KAFKA_QUEUE_MESSAGES,
-        "Messages in the Kafka producer's queue"
+        "Messages in the Kafka producer's queue, waiting or in flight to a broker (librdkafka statistics)"
     );
     describe_gauge!(
         CONNECTED,
-        "1 while connected to the target (postgres, kafka)"
+        "1 while streaming from the slot (target=postgres) or while a Kafka broker is up and delivering (target=kafka)"
     );
     describe_gauge!(
         STANDBY,
-        "1 while another relay holds the slot and this one stands by"
+        "1 while another relay holds the slot and this one stands by; 0 otherwise"
     );
     describe_gauge!(
         TOPIC_BLOCKED,
@@ -179,7 +200,10 @@ pub fn describe() {
         TABLE_BLOCKED,
         "1 while the stream is held because the table's columns no longer match the config (a column renamed or dropped by a migration)"
     );
-    describe_counter!(RECONNECTS, "Reconnections to the target (postgres, kafka)");
+    describe_counter!(
+        RECONNECTS,
+        "Reconnections to the target: postgres (pipeline reconnects) and kafka (new broker connections, librdkafka statistics)"
+    );
     describe_counter!(
         KAFKA_REBOOTSTRAPS,
         "Times the Kafka client had lost every broker and was given its bootstrap servers again"
@@ -202,9 +226,13 @@ pub fn describe() {
     );
     describe_counter!(
         PIPELINE_RESTARTS,
-        "In-process restarts of the pipeline after a retryable failure, by stage (source, sink)"
+        "In-process restarts of the pipeline after a retryable failure"
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_gauge!(
+        SLOT_INFO,
+        "Always 1; the replication slot is a label, to group the replicas of one relay"
+    );
     describe_gauge!(
         KAFKA_BROKER_RTT,
         Unit::Seconds,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::kafka::{unique_topic, Broker};
 use common::pg::PgCluster;
 use common::relay::{config_text, RelayProcess};
-use common::OUTBOX_DDL;
+use common::{wait_for, OUTBOX_DDL};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "/usr/bin/prometheus";
@@ -385,6 +385,188 @@ async fn prometheus_scrapes_every_delivered_event() {
             println!("dashboard {title:?}: {} series from {expr}", series.len());
         }
     }
+}
+
+/// The samples of `/metrics` text named `name` whose labels include all of `labels`.
+fn samples(page: &str, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, series_labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let found: Vec<(&str, &str)> = series_labels
+                .split(',')
+                .filter_map(|pair| {
+                    let (k, v) = pair.split_once('=')?;
+                    Some((k, v.trim_matches('"')))
+                })
+                .collect();
+            (series_name == name && labels.iter().all(|l| found.contains(l)))
+                .then(|| value.parse().expect("sample value"))
+        })
+        .collect()
+}
+
+/// The relay's `/metrics` page; `None` while its endpoint is not up.
+fn scrape(relay: &RelayProcess) -> Option<String> {
+    match relay.try_admin_get("/metrics") {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// Backlog for the lag check: one transaction, large enough that the relay is behind for
+/// several of its status updates (decoding it alone takes the walsender a while).
+const BACKLOG_ROWS: usize = 50_000;
+/// Rows of a table outside the publication, written before the backlog: WAL the walsender
+/// decodes without sending anything, while the relay holds nothing.
+const FILLER_ROWS: usize = 1_000_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_listed_at_zero_before_any_event_and_lag_shows_a_backlog() {
+    use outbox_relay::metrics as m;
+    common::init_logging();
+    let cluster = PgCluster::shared();
+    let db = cluster.create_database("prom_zero").await;
+    let admin = cluster.client(&db).await;
+    admin.batch_execute(OUTBOX_DDL).await.unwrap();
+    let prefix = unique_topic("promzero");
+    let dir = tempfile::Builder::new()
+        .prefix("relay-prom-zero-")
+        .tempdir()
+        .unwrap();
+    let config = dir.path().join("relay.toml");
+    let slot = "prom_zero_slot";
+    let dlq = format!("{prefix}.dlq");
+    let text = config_text(
+        &cluster.url(&db),
+        slot,
+        &Broker::shared().bootstrap(),
+        &prefix,
+        &format!("[dlq]\ntopic = \"{dlq}\"\n"),
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut relay = RelayProcess::start(&config, dir.path());
+    relay.wait_streaming(&admin, slot).await;
+
+    // Before any row: every counter the config determines is listed, at 0.
+    let page = wait_for("the relay's /metrics", DEADLINE, || async {
+        scrape(&relay)
+    })
+    .await;
+    let table = ("table", "public.outbox");
+    let zero = |name: &str, labels: &[(&str, &str)]| {
+        let found = samples(&page, name, labels);
+        assert_eq!(found, vec![0.0], "{name}{labels:?} in:\n{page}");
+    };
+    // The topic is routed per row: the table alone, and its dead-letter topic.
+    let table_only: Vec<f64> = page
+        .lines()
+        .filter(|l| l.starts_with(&format!("{}{{table=\"public.outbox\"}} ", m::EVENTS)))
+        .map(|l| l.rsplit_once(' ').unwrap().1.parse().unwrap())
+        .collect();
+    assert_eq!(
+        table_only,
+        vec![0.0],
+        "{} by table alone:\n{page}",
+        m::EVENTS
+    );
+    zero(m::EVENTS, &[table, ("topic", &dlq)]);
+    for class in m::initial::DEAD_LETTER_CLASSES {
+        zero(m::EVENTS_DEAD_LETTERED, &[table, ("class", class)]);
+    }
+    for op in ["update", "delete", "truncate"] {
+        zero(m::EVENTS_IGNORED, &[table, ("op", op)]);
+    }
+    for target in ["postgres", "kafka"] {
+        zero(m::RECONNECTS, &[("target", target)]);
+    }
+    for name in [
+        m::TRANSACTIONS,
+        m::KAFKA_REBOOTSTRAPS,
+        m::KAFKA_UNCONFIRMED_DELIVERIES,
+        m::HISTORY_REWINDS,
+        m::SLOT_ADVANCED_ELSEWHERE,
+        m::TRANSACTION_RESTARTS,
+        m::PIPELINE_RESTARTS,
+    ] {
+        zero(name, &[]);
+    }
+    assert_eq!(samples(&page, m::SLOT_INFO, &[("slot", slot)]), vec![1.0]);
+    assert_eq!(samples(&page, m::STANDBY, &[]), vec![0.0]);
+    println!("before any row: every pre-registered series listed at 0");
+
+    // Idle and caught up, the lag settles at 0 (no false alert on a quiet database).
+    let lag_of = |page: &str| samples(page, m::LAG_SECONDS, &[]).first().copied();
+    wait_for("lag_seconds 0 while idle", DEADLINE, || async {
+        scrape(&relay).and_then(|p| (lag_of(&p) == Some(0.0)).then_some(()))
+    })
+    .await;
+
+    // A backlog written while the relay is down, behind a million rows of a table outside
+    // the publication: from its restart until it delivered the last row, every value of
+    // the lag gauge is above 0, including while the walsender decodes the filler and the
+    // relay holds nothing (the old gauge said 0 there, with 100 MB of WAL retained);
+    // it settles at 0 once the relay caught up. The commit is flushed before the relay
+    // starts (the test cluster runs with synchronous_commit = off, and the walsender sends
+    // only flushed WAL: a commit still in the WAL writer's buffer is not yet the server's).
+    relay.terminate();
+    admin
+        .batch_execute(&format!(
+            "SET synchronous_commit = on; \
+             CREATE TABLE filler AS SELECT i, md5(i::text) AS pad FROM generate_series(1, {FILLER_ROWS}) AS i; \
+             INSERT INTO outbox SELECT gen_random_uuid(), 'order', 'k' || i, 'Created', '{{}}' \
+             FROM generate_series(1, {BACKLOG_ROWS}) AS i"
+        ))
+        .await
+        .unwrap();
+    let relay = RelayProcess::start(&config, dir.path());
+    let rows = BACKLOG_ROWS as f64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let (mut behind, mut max_lag) = (0usize, 0.0f64);
+    loop {
+        if let Some(page) = scrape(&relay) {
+            let delivered: f64 = samples(&page, m::EVENTS, &[table]).iter().sum();
+            if delivered >= rows {
+                break;
+            }
+            if let Some(lag) = lag_of(&page) {
+                assert!(
+                    lag > 0.0,
+                    "lag_seconds is 0 with {delivered} of {rows} rows delivered \
+                     (replication_lag_bytes {:?}):\n{}",
+                    samples(&page, m::REPLICATION_LAG_BYTES, &[]),
+                    relay.log()
+                );
+                behind += 1;
+                max_lag = max_lag.max(lag);
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backlog was not delivered in time:\n{}",
+            relay.log()
+        );
+        // Spaces the scrapes; the loop ends on the delivered count, not on time.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        behind > 0,
+        "no lag value was seen while the relay was behind"
+    );
+    println!(
+        "backlog of {BACKLOG_ROWS}: all {behind} scrapes before the last delivery with \
+         lag > 0 (max {max_lag:.3} s)"
+    );
+    wait_for(
+        "lag_seconds back to 0 after the backlog",
+        DEADLINE,
+        || async { scrape(&relay).and_then(|p| (lag_of(&p) == Some(0.0)).then_some(())) },
+    )
+    .await;
 }
 
 #[test]

@@ -31,6 +31,7 @@
 pub mod assembler;
 pub mod events;
 pub mod history;
+pub mod lag;
 pub mod publication;
 pub mod slot;
 pub mod status;
@@ -45,6 +46,7 @@ use tracing::{debug, error, info, warn};
 use assembler::{Assembler, Step};
 pub use events::{Change, EventBatch, SourceEvent, TransactionInfo};
 use history::{Rewind, SharedHistory, Verdict};
+use lag::{LagClock, Progress, ServerEnd};
 use status::StatusSchedule;
 
 use crate::checkpoint::SharedCheckpoint;
@@ -108,6 +110,10 @@ pub struct Source {
     assembler: Assembler,
     /// Highest WAL position the server has told us about.
     received: Lsn,
+    /// The server's WAL end as far as the relay knows it (see [`lag`]).
+    server_end: ServerEnd,
+    /// When the relay last had everything, for the lag gauge (see [`lag`]).
+    lag: LagClock,
     status: StatusSchedule,
     /// When the server was last heard from (or last listened to, after backpressure).
     last_heard: Instant,
@@ -215,6 +221,8 @@ impl Source {
             settings,
             checkpoint: checkpoint.clone(),
             received: start,
+            server_end: ServerEnd::at_connect(identity.xlog_position),
+            lag: LagClock::new(crate::replication::stream::postgres_now_micros()),
             last_heard: Instant::now(),
             pinged: false,
         })
@@ -399,6 +407,7 @@ impl Source {
                 ..
             } => {
                 self.received = self.received.max(wal_end);
+                self.server_end.heard(wal_end);
                 let decoded =
                     pgoutput::decode(data).map_err(|source| ReplicationError::Decode {
                         lsn: wal_start,
@@ -409,6 +418,7 @@ impl Source {
                 }
                 match self.assembler.apply(decoded)? {
                     Step::Began(transaction) => {
+                        self.lag.received(transaction.commit_ts_micros);
                         let restarts = self.settings.history.lock().began(transaction.commit_lsn);
                         if let Some(restarts) = restarts {
                             metrics::counter!(metric::TRANSACTION_RESTARTS).increment(1);
@@ -434,6 +444,7 @@ impl Source {
                 ..
             } => {
                 self.received = self.received.max(wal_end);
+                self.server_end.heard(wal_end);
                 debug!(wal_end = %wal_end, reply_requested, "keepalive");
                 if self.assembler.keepalive(wal_end)? {
                     self.status.progressed(wal_end, Instant::now());
@@ -463,7 +474,9 @@ impl Source {
 
 impl Source {
     /// Progress gauges, updated with every status update (so at least once a second).
-    fn report_progress(&self, flushed: Lsn) {
+    /// Lag in seconds and bytes are measured against the server's WAL end as far as the
+    /// relay knows it, not against what it has received (see [`lag`]).
+    fn report_progress(&mut self, flushed: Lsn) {
         let (in_flight, oldest) = {
             let checkpoint = self.checkpoint.lock();
             (
@@ -471,12 +484,15 @@ impl Source {
                 checkpoint.oldest_commit_ts_micros(),
             )
         };
-        let lag_seconds = oldest.map_or(0.0, |commit| {
-            (crate::replication::stream::postgres_now_micros() - commit).max(0) as f64 / 1e6
+        let lag_seconds = self.lag.seconds(Progress {
+            now_micros: crate::replication::stream::postgres_now_micros(),
+            oldest_pending_micros: oldest,
+            server_end: self.server_end,
+            handled: self.received.max(flushed),
         });
         metrics::gauge!(metric::CONFIRMED_FLUSH_LSN).set(flushed.0 as f64);
         metrics::gauge!(metric::REPLICATION_LAG_BYTES)
-            .set(self.received.bytes_after(flushed) as f64);
+            .set(self.server_end.bytes_after(flushed) as f64);
         metrics::gauge!(metric::IN_FLIGHT_EVENTS).set(in_flight as f64);
         metrics::gauge!(metric::LAG_SECONDS).set(lag_seconds);
     }

@@ -144,6 +144,15 @@ pub async fn marker(client: &tokio_postgres::Client) -> Lsn {
     lsn.parse().expect("lsn")
 }
 
+/// The sum of every series of metric `name` in a Prometheus text page (0 when absent):
+/// counters are listed at 0 from the start, so "none happened" is a sum, not an absence.
+pub fn metric_sum(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Polls `probe` until it returns `Some`, or panics with `what` after `timeout`.
 /// Polling an observable condition is the synchronisation; the pause only spaces the polls.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
