@@ -69,6 +69,7 @@ fn every_alert_is_tested_and_names_exported_metrics() {
         CONNECTED,
         STANDBY,
         TOPIC_BLOCKED,
+        TABLE_BLOCKED,
         SLOT_INFO,
     ];
     let rules = std::fs::read_to_string(repo_file(RULES)).expect("read the alert rules");
