@@ -13,7 +13,7 @@ use rdkafka::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
-use crate::kafka::{properties, PublishError};
+use crate::kafka::{client_config, PublishError};
 
 /// How often to look again for a topic that does not exist yet.
 const METADATA_POLL: Duration = Duration::from_millis(200);
@@ -36,7 +36,7 @@ pub async fn tail(
     mut print: impl FnMut(String),
 ) -> Result<usize, PublishError> {
     let group = format!("outbox-relay-tail-{}", std::process::id());
-    let consumer: StreamConsumer = properties::connection_config(kafka)
+    let consumer: StreamConsumer = client_config::connection_config(kafka)
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")

@@ -133,8 +133,8 @@ pub struct TableMapping {
     pub dlq_topic: Option<String>,
 }
 
-/// The placeholder in topic templates, as in Debezium's `route.topic.replacement`.
-pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
+/// The placeholder in topic templates (defined with the templates, a leaf module).
+pub use crate::outbox::topic::ROUTED_BY_VALUE;
 
 impl TableMapping {
     /// Columns the table must have for its rows to be routed.

@@ -34,7 +34,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 
 use crate::config::{Config, KafkaConfig};
-use crate::kafka::properties;
+use crate::kafka::client_config;
 use plan::{DeadLetter, Planner, Replay, SkipReason};
 use progress::{commit_offsets, Position, Summary};
 use target::TargetError;
@@ -235,7 +235,7 @@ async fn run(
 ) -> Result<(), ReplayError> {
     Planner::check_classes(&options.classes).map_err(ReplayError::Class)?;
     let mut planner = Planner::new(config, options.classes.clone());
-    let consumer: StreamConsumer = properties::connection_config(kafka)
+    let consumer: StreamConsumer = client_config::connection_config(kafka)
         .set("group.id", &options.group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -247,7 +247,7 @@ async fn run(
         None
     } else {
         Some(
-            properties::producer_config(kafka)
+            client_config::producer_config(kafka)
                 .create()
                 .map_err(ReplayError::Client)?,
         )

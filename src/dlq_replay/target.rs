@@ -16,7 +16,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, Producer};
 
 use crate::config::KafkaConfig;
-use crate::kafka::properties;
+use crate::kafka::client_config;
 
 /// Bound on one metadata or admin request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -83,7 +83,7 @@ fn known_partitions(producer: &FutureProducer, topic: &str) -> Result<Vec<i32>, 
 
 /// Creates `topic` with `kafka.topic_partitions` and `kafka.topic_replication_factor`.
 async fn create(kafka: &KafkaConfig, topic: &str) -> Result<(), TargetError> {
-    let admin: AdminClient<DefaultClientContext> = properties::connection_config(kafka)
+    let admin: AdminClient<DefaultClientContext> = client_config::connection_config(kafka)
         .create()
         .map_err(TargetError::Client)?;
     let new_topic = NewTopic::new(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
 
-use super::{properties, PublishError};
+use super::{client_config, PublishError};
 use crate::config::KafkaConfig;
 
 /// Bound on each admin request of [`inspect`].
@@ -56,7 +56,7 @@ pub fn warning(d: &Durability) -> Option<String> {
 
 /// Reads the broker count and the broker defaults that apply to the relay's topics.
 pub async fn inspect(kafka: &KafkaConfig) -> Result<Durability, PublishError> {
-    let admin: AdminClient<DefaultClientContext> = properties::connection_config(kafka)
+    let admin: AdminClient<DefaultClientContext> = client_config::connection_config(kafka)
         .create()
         .map_err(PublishError::Client)?;
     let metadata = admin

@@ -1,6 +1,7 @@
 //! The Kafka half of the relay: producer settings, topic creation, delivery reports, and
 //! holding a topic the broker refuses.
 
+pub mod client_config;
 pub mod durability;
 pub mod hold;
 pub mod producer;

@@ -45,7 +45,7 @@ use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
 use tracing::{debug, error, trace, warn};
 
-use super::properties;
+use super::client_config;
 use super::PublishError;
 use crate::checkpoint::{SharedCheckpoint, TxnSeq};
 use crate::config::KafkaConfig;
@@ -351,7 +351,7 @@ impl EventProducer {
             delivered: Arc::clone(&delivered),
             rebootstrap: super::rebootstrap::Rebootstrap::new(&kafka.bootstrap_servers),
         };
-        let producer: ThreadedProducer<DeliveryContext> = properties::producer_config(kafka)
+        let producer: ThreadedProducer<DeliveryContext> = client_config::producer_config(kafka)
             .create_with_context(context)
             .map_err(PublishError::Client)?;
         let client = producer.client();

@@ -15,7 +15,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, Top
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
 
-use super::properties;
+use super::client_config;
 use super::rebootstrap::{Rebootstrap, RebootstrapContext};
 use super::{EventProducer, PublishError};
 use crate::config::KafkaConfig;
@@ -52,7 +52,7 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 impl TopicManager {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
         let context = RebootstrapContext(Rebootstrap::new(&kafka.bootstrap_servers));
-        let admin: AdminClient<RebootstrapContext> = properties::connection_config(kafka)
+        let admin: AdminClient<RebootstrapContext> = client_config::connection_config(kafka)
             // Only for the re-bootstrap watchdog (see super::rebootstrap).
             .set("statistics.interval.ms", "1000")
             .create_with_context(context)

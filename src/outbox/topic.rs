@@ -1,12 +1,15 @@
 //! Topic names: the template, and Kafka's rules for what a topic may be called.
+//!
+//! A leaf: it imports nothing of the crate, so the config's validation can use its rules
+//! without an import circle.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::config::ROUTED_BY_VALUE;
-
+/// The placeholder in topic templates, as in Debezium's `route.topic.replacement`.
+pub const ROUTED_BY_VALUE: &str = "${routedByValue}";
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_CHARS: usize = 249;
 /// Routed values remembered per template before the cache starts over (bounded memory).

@@ -1,0 +1,117 @@
+//! librdkafka client configs built from `[kafka]`: the producer's (the relay's defaults,
+//! then the user's properties, then what the relay owns; see [`super::properties`]) and
+//! the connection-only one for admin clients and consumers.
+
+use rdkafka::ClientConfig;
+
+use super::properties::{DEFAULTS, OWNED, REBOOTSTRAP_AFTER_MS, REBOOTSTRAP_KEY};
+use crate::config::KafkaConfig;
+
+/// The producer's librdkafka config: defaults, then the user's, then what the relay owns.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    for (key, value) in DEFAULTS {
+        if !kafka.properties.contains_key(*key) {
+            config.set(*key, *value);
+        }
+    }
+    for (key, value, _) in OWNED {
+        config.set(*key, *value);
+    }
+    config
+}
+
+/// Connection settings shared by the producer, the admin client and consumers: the
+/// bootstrap servers and every user property (security settings among them).
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Only the connection and security properties, for clients that are not producers
+/// (admin, consumers), which reject producer-only settings.
+pub fn connection_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.bootstrap_servers);
+    for (key, value) in &kafka.properties {
+        let shared = key.starts_with("security.")
+            || key.starts_with("ssl.")
+            || key.starts_with("sasl.")
+            || key.starts_with("socket.")
+            || key == "client.id"
+            || key == "broker.address.family";
+        if shared {
+            config.set(key, value);
+        }
+    }
+    let rebootstrap = kafka.properties.get(REBOOTSTRAP_KEY);
+    config.set(
+        REBOOTSTRAP_KEY,
+        rebootstrap.map_or(REBOOTSTRAP_AFTER_MS, String::as_str),
+    );
+    config
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_default_partitioner_is_javas_and_yields_to_murmur2() {
+        let kafka = |properties| KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication_factor: 1,
+            topic_config: Default::default(),
+            unknown_topic_wait_ms: 1_000,
+            properties,
+        };
+        let config = producer_config(&kafka(BTreeMap::new()));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        let config = producer_config(&kafka(props(&[("partitioner", "murmur2")])));
+        assert_eq!(config.get("partitioner"), Some("murmur2"));
+        // Not for the admin client and consumers, which would reject it.
+        assert_eq!(
+            connection_config(&kafka(BTreeMap::new())).get("partitioner"),
+            None
+        );
+    }
+
+    #[test]
+    fn owned_settings_win_and_defaults_yield_to_the_user() {
+        let kafka = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            create_topics: true,
+            topic_partitions: 1,
+            topic_replication_factor: 1,
+            topic_config: Default::default(),
+            unknown_topic_wait_ms: 1_000,
+            properties: props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
+        };
+        let config = producer_config(&kafka);
+        assert_eq!(config.get("linger.ms"), Some("50"));
+        assert_eq!(config.get("acks"), Some("all"));
+        assert_eq!(config.get("enable.idempotence"), Some("true"));
+        assert_eq!(config.get("message.timeout.ms"), Some("0"));
+        assert_eq!(config.get("queue.buffering.max.kbytes"), Some("16384"));
+        let connection = connection_config(&kafka);
+        assert_eq!(connection.get("sasl.username"), Some("relay"));
+        assert_eq!(connection.get("linger.ms"), None);
+        assert_eq!(config.get(REBOOTSTRAP_KEY), Some(REBOOTSTRAP_AFTER_MS));
+        assert_eq!(connection.get(REBOOTSTRAP_KEY), Some(REBOOTSTRAP_AFTER_MS));
+    }
+}
