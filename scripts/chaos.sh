@@ -24,11 +24,13 @@ status=0
 # Release build: the figures are meant to be read as production-like. The scenarios run
 # one at a time so their faults and figures do not disturb each other.
 cargo test --release --locked --test chaos --test broker_faults --test source_faults --test kafka_sasl_ssl \
+  --test memory_flat \
   --test slot_safety -- --include-ignored --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
 # With --nocapture a scenario's line can follow "test name ... " on the same line.
 grep -oE 'chaos: .*' "$LOG" | sed 's/^chaos: //' || true
+grep -oE 'memory: .*' "$LOG" || true
 grep -oE 'duplicates \([0-9]+\): .*' "$LOG" | sed 's/^/  /' || true
 grep -E 'test result:|panicked' "$LOG" | sed 's/^/  /' || true
 grep -oE 'relay rss max +[0-9]+ MiB' "$LOG" | grep -oE '[0-9]+' | sort -n | tail -1 \
