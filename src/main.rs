@@ -317,7 +317,7 @@ async fn tail(
         Ok(config) => config,
         Err(code) => return code,
     };
-    let Some(kafka) = config.kafka else {
+    let Some(kafka) = &config.kafka else {
         eprintln!(
             "error: {}: kafka: required section is missing; add [kafka] with bootstrap_servers",
             path.display()
@@ -327,25 +327,17 @@ async fn tail(
     type Render = fn(&rdkafka::message::BorrowedMessage<'_>) -> String;
     let (topics, render): (Vec<String>, Render) = match topics {
         Some(topics) => (topics, outbox_relay::tail::describe),
-        None => {
-            let mut topics = vec![config.dlq.topic.clone()];
-            topics.extend(
-                config
-                    .outbox
-                    .tables
-                    .values()
-                    .filter_map(|t| t.dlq_topic.clone()),
-            );
-            topics.dedup();
-            (topics, outbox_relay::tail::describe_dead_letter)
-        }
+        None => (
+            outbox_relay::dlq_replay::dlq_topics(&config),
+            outbox_relay::tail::describe_dead_letter,
+        ),
     };
     let options = outbox_relay::tail::TailOptions {
         topics,
         max_records: max,
         idle_timeout: Duration::from_millis(idle_timeout_ms),
     };
-    match outbox_relay::tail::tail(&kafka, &options, render, |line| println!("{line}")).await {
+    match outbox_relay::tail::tail(kafka, &options, render, |line| println!("{line}")).await {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

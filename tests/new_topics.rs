@@ -25,6 +25,40 @@ use futures_util::future::join_all;
 const TOPICS: i64 = 60;
 const PER_TOPIC: i64 = 10;
 
+/// Once the slot has passed every row, reads topics `<prefix>.outbox.event.<routed><t>`
+/// (`t` below `topics`) until seqs `0..total` are all there (at most `timeout_secs`): the seqs acknowledged but
+/// not in Kafka, and how many records were read.
+async fn missing_once_acknowledged(
+    stage: &Stage,
+    broker: &Broker,
+    routed: &str,
+    topics: i64,
+    total: i64,
+    timeout_secs: u64,
+) -> (Vec<i64>, usize) {
+    let end = marker(&stage.admin).await;
+    wait_for(
+        "the slot to pass every row",
+        Duration::from_secs(180),
+        || async { (confirmed_flush(&stage.admin, &stage.slot).await >= end).then_some(()) },
+    )
+    .await;
+    let prefix = stage.topic.trim_end_matches(".outbox.event.order");
+    let topics: Vec<String> = (0..topics)
+        .map(|t| format!("{prefix}.outbox.event.{routed}{t}"))
+        .collect();
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut seen = HashSet::new();
+    let records = broker
+        .consume_until(&names, Duration::from_secs(timeout_secs), |records| {
+            seen.extend(records.iter().map(common::workload::seq_of));
+            seen.len() as i64 >= total
+        })
+        .await;
+    let missing = (0..total).filter(|n| !seen.contains(n)).collect();
+    (missing, records.len())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_records_of_every_new_topic_arrive() {
     let cluster = PgCluster::shared();
@@ -48,34 +82,13 @@ async fn the_first_records_of_every_new_topic_arrive() {
             .await
             .unwrap();
     }
-    let end = marker(&stage.admin).await;
-    wait_for(
-        "the slot to pass every row",
-        Duration::from_secs(180),
-        || async { (confirmed_flush(&stage.admin, &stage.slot).await >= end).then_some(()) },
-    )
-    .await;
-    let prefix = stage.topic.trim_end_matches(".outbox.event.order");
-    let topics: Vec<String> = (0..TOPICS)
-        .map(|t| format!("{prefix}.outbox.event.n{t}"))
-        .collect();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let mut seen = HashSet::new();
-    let records = broker
-        .consume_until(&names, Duration::from_secs(120), |records| {
-            seen.extend(records.iter().map(common::workload::seq_of));
-            seen.len() as i64 >= total
-        })
-        .await;
-    let missing: BTreeMap<i64, i64> = (0..total)
-        .filter(|n| !seen.contains(n))
-        .map(|n| (n % TOPICS, n))
-        .collect();
+    let (missing, read) = missing_once_acknowledged(&stage, broker, "n", TOPICS, total, 120).await;
+    let missing: BTreeMap<i64, i64> = missing.into_iter().map(|n| (n % TOPICS, n)).collect();
     assert!(
         missing.is_empty(),
         "acknowledged but not in Kafka ({} of {total}, {} records read): {missing:?}\n{}",
         missing.len(),
-        records.len(),
+        read,
         relay.log()
     );
 }
@@ -134,31 +147,13 @@ async fn rows_in_bursts_into_new_topics_all_arrive() {
     for decoy in decoys {
         decoy.await.unwrap();
     }
-    let end = marker(&stage.admin).await;
-    wait_for(
-        "the slot to pass every row",
-        Duration::from_secs(180),
-        || async { (confirmed_flush(&stage.admin, &stage.slot).await >= end).then_some(()) },
-    )
-    .await;
-    let prefix = stage.topic.trim_end_matches(".outbox.event.order");
-    let topics: Vec<String> = (0..BURST_TOPICS)
-        .map(|t| format!("{prefix}.outbox.event.b{t}"))
-        .collect();
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let mut seen = HashSet::new();
-    let records = broker
-        .consume_until(&names, Duration::from_secs(60), |records| {
-            seen.extend(records.iter().map(common::workload::seq_of));
-            seen.len() as i64 >= total
-        })
-        .await;
-    let missing: Vec<i64> = (0..total).filter(|n| !seen.contains(n)).collect();
+    let (missing, read) =
+        missing_once_acknowledged(&stage, broker, "b", BURST_TOPICS, total, 60).await;
     assert!(
         missing.is_empty(),
         "acknowledged but not in Kafka ({} of {total}, {} records read): {missing:?}\n{}",
         missing.len(),
-        records.len(),
+        read,
         relay.log()
     );
 }

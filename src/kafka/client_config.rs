@@ -60,14 +60,8 @@ pub fn connection_config(kafka: &KafkaConfig) -> ClientConfig {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::super::properties::tests::props;
     use super::*;
-
-    fn props(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
 
     #[test]
     fn the_default_partitioner_is_javas_and_yields_to_murmur2() {
