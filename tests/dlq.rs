@@ -10,13 +10,8 @@ use std::time::Duration;
 use common::kafka::{unique_topic, Broker, ReceivedRecord};
 use common::pg::PgCluster;
 use common::relay::{config_text, RelayProcess};
-use common::{confirmed_flush, wait_for};
+use common::{confirmed_flush, wait_for, LOOSE_OUTBOX};
 use outbox_relay::replication::Lsn;
-
-/// An outbox with no constraints, so poison rows can be written at all.
-const LOOSE_OUTBOX: &str = "CREATE TABLE public.outbox (
-    id uuid, aggregatetype text, aggregateid text, type text, payload text
-)";
 
 struct Setup {
     slot: String,

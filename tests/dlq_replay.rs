@@ -11,12 +11,8 @@ use std::time::Duration;
 use common::kafka::{unique_topic, Broker, ReceivedRecord};
 use common::pg::PgCluster;
 use common::relay::{config_text, RelayProcess};
+use common::LOOSE_OUTBOX;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-
-/// An outbox with no constraints, so a row with a NULL id can be written.
-const LOOSE_OUTBOX: &str = "CREATE TABLE public.outbox (
-    id uuid, aggregatetype text, aggregateid text, type text, payload text
-)";
 
 /// Rows routed to the missing topic, alternating between two keys.
 const MISSING_ROWS: i64 = 6;

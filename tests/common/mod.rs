@@ -30,6 +30,11 @@ pub const OUTBOX_DDL: &str = "CREATE TABLE public.outbox (
     payload jsonb NOT NULL
 )";
 
+/// An outbox with no constraints, so poison rows can be written at all.
+pub const LOOSE_OUTBOX: &str = "CREATE TABLE public.outbox (
+    id uuid, aggregatetype text, aggregateid text, type text, payload text
+)";
+
 /// A relay config for `db` on `cluster`, streaming `public.outbox` through `slot`.
 pub fn relay_config(cluster: &pg::PgCluster, db: &str, slot: &str) -> Config {
     let text = format!(
