@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 /// Default for `kafka.transaction_max_events`: a Kafka transaction is committed at the
 /// first PostgreSQL commit after this many events.
-pub const DEFAULT_TRANSACTION_MAX_EVENTS: usize = 10_000;
+pub const DEFAULT_TRANSACTION_MAX_EVENTS: usize = 100_000;
 /// Default for `kafka.transaction_max_ms`: a Kafka transaction is committed at the first
 /// PostgreSQL commit after it has been open this long.
 pub const DEFAULT_TRANSACTION_MAX_MS: u64 = 100;
@@ -82,7 +82,9 @@ pub(super) fn validate(kafka: &super::KafkaConfig) -> Result<(), (&'static str, 
             )
         })?,
     };
-    if timeout <= kafka.transaction_max_ms.saturating_mul(10) {
+    // While a backlog streams, a transaction may stay open ten times transaction_max_ms
+    // (see pipeline::transaction); twice that leaves room for the commit itself.
+    if timeout <= kafka.transaction_max_ms.saturating_mul(20) {
         return Err((
             "kafka.transaction_max_ms",
             format!(

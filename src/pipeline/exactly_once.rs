@@ -255,8 +255,10 @@ impl Sink {
                 .map_err(|e| RelayError::Internal(e.to_string()))?;
             return Ok(Admit::AlreadyPublished);
         }
+        // Inside a batch more events wait by definition: only size (or the stretched age)
+        // ends a transaction here; between batches, `commit_if_due` looks at the channel.
         let now = Instant::now();
-        if eos.batcher.at_boundary(event.seq) && eos.batcher.is_due(now) {
+        if eos.batcher.at_boundary(event.seq) && eos.batcher.is_due(now, true) {
             self.commit().await?;
         }
         if self
@@ -272,9 +274,9 @@ impl Sink {
     }
 
     /// Commits the open transaction if it is due and holds whole PostgreSQL transactions
-    /// only (between batches, and on the sink's timer).
-    pub(super) async fn commit_if_due(&mut self) -> Result<(), RelayError> {
-        if self.eos().batcher.is_due(Instant::now()) {
+    /// only (between batches, and on the sink's timer); `backlog`: more batches wait.
+    pub(super) async fn commit_if_due(&mut self, backlog: bool) -> Result<(), RelayError> {
+        if self.eos().batcher.is_due(Instant::now(), backlog) {
             self.commit().await?;
         }
         Ok(())

@@ -92,7 +92,7 @@ impl Sink {
             };
             let step = match step {
                 Ok(()) if self.exactly_once.is_some() && !self.table_held => {
-                    self.transaction_step().await
+                    self.transaction_step(!events.is_empty()).await
                 }
                 other => other,
             };
@@ -122,10 +122,10 @@ impl Sink {
 
     /// Exactly-once, between batches and on the timer: start the transactions once the
     /// source holds the slot (so a takeover fences the old replica at once), and commit
-    /// the open transaction when it is due.
-    async fn transaction_step(&mut self) -> Result<(), RelayError> {
+    /// the open transaction when it is due (`backlog`: more batches wait in the channel).
+    async fn transaction_step(&mut self, backlog: bool) -> Result<(), RelayError> {
         if self.start_transactions().await? {
-            self.commit_if_due().await?;
+            self.commit_if_due(backlog).await?;
         }
         Ok(())
     }

@@ -4,7 +4,14 @@
 //! A Kafka transaction holds whole PostgreSQL transactions only: `read_committed`
 //! consumers then see all the events of a database transaction or none. It therefore ends
 //! only at a PostgreSQL commit: at the first one after `transaction_max_events` events or
-//! `transaction_max_ms`, whichever comes first. A PostgreSQL transaction larger than that
+//! `transaction_max_ms`, whichever comes first.
+//!
+//! While a backlog streams (more events already wait in the channel), the age limit
+//! stretches to [`BACKLOG_AGE_FACTOR`] times `transaction_max_ms`: every commit stalls this
+//! producer for a round trip and the coordinator's markers, so committing ten times a
+//! second would cost most of the drain speed, and nobody waits for a single row then.
+//! Once the relay has caught up, the plain limit holds again, which bounds the latency a
+//! `read_committed` consumer sees. A PostgreSQL transaction larger than that
 //! keeps the Kafka transaction open until its last event; the producer's bounded queue
 //! still bounds the relay's memory, since delivered records leave it before the commit.
 //!
@@ -17,6 +24,10 @@ use std::time::{Duration, Instant};
 
 use crate::checkpoint::{TxnSeq, TxnState};
 use crate::replication::Lsn;
+
+/// While a backlog streams, a transaction is due by age only after this many times
+/// `transaction_max_ms` (see the module docs).
+pub const BACKLOG_AGE_FACTOR: u32 = 10;
 
 /// One open Kafka transaction.
 #[derive(Debug)]
@@ -56,10 +67,18 @@ impl Batcher {
         self.last().is_some_and(|(last, _)| last != seq)
     }
 
-    /// Whether the open transaction has reached its size or age.
-    pub fn is_due(&self, now: Instant) -> bool {
+    /// Whether the open transaction has reached its size or age; with a `backlog` (more
+    /// events already waiting), its age counts only past [`BACKLOG_AGE_FACTOR`] times the
+    /// limit.
+    pub fn is_due(&self, now: Instant, backlog: bool) -> bool {
         self.open.as_ref().is_some_and(|open| {
-            open.events >= self.max_events || now.duration_since(open.opened_at) >= self.max_age
+            let age = now.duration_since(open.opened_at);
+            let limit = if backlog {
+                self.max_age * BACKLOG_AGE_FACTOR
+            } else {
+                self.max_age
+            };
+            open.events >= self.max_events || age >= limit
         })
     }
 
@@ -119,7 +138,7 @@ mod tests {
     fn a_transaction_ends_only_at_a_postgres_commit_once_due() {
         let start = Instant::now();
         let mut batcher = Batcher::new(3, Duration::from_millis(100));
-        assert!(!batcher.is_due(start));
+        assert!(!batcher.is_due(start, false));
         assert!(
             batcher.add(TxnSeq(1), 10, start),
             "the first event opens it"
@@ -129,7 +148,7 @@ mod tests {
         // A large PostgreSQL transaction: due by size, but its events keep coming.
         batcher.add(TxnSeq(1), 10, start);
         batcher.add(TxnSeq(1), 10, start);
-        assert!(batcher.is_due(start));
+        assert!(batcher.is_due(start, true));
         assert!(
             !batcher.at_boundary(TxnSeq(1)),
             "never inside a transaction"
@@ -149,12 +168,15 @@ mod tests {
         let start = Instant::now();
         let mut batcher = Batcher::new(1_000, Duration::from_millis(100));
         batcher.add(TxnSeq(7), 1, start);
-        assert!(!batcher.is_due(start + Duration::from_millis(99)));
+        assert!(!batcher.is_due(start + Duration::from_millis(99), false));
         assert_eq!(
             batcher.due_in(start + Duration::from_millis(40)),
             Some(Duration::from_millis(60))
         );
-        assert!(batcher.is_due(start + Duration::from_millis(100)));
+        assert!(batcher.is_due(start + Duration::from_millis(100), false));
+        // A backlog stretches the age limit, never the size limit.
+        assert!(!batcher.is_due(start + Duration::from_millis(999), true));
+        assert!(batcher.is_due(start + Duration::from_millis(1_000), true));
     }
 
     #[test]
