@@ -59,6 +59,20 @@ struct TxnProgress {
     commit_ts_micros: i64,
     /// Some of its events were released unsent: it must not be flushed on this connection.
     released: bool,
+    /// Events registered in all (released ones included).
+    registered: u64,
+}
+
+/// What the checkpoint knows of one transaction, for the exactly-once sink: it may end a
+/// Kafka transaction after a PostgreSQL transaction only once it has all of its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TxnState {
+    /// Known once its Commit message was read.
+    pub commit_end: Option<Lsn>,
+    /// Events registered so far; all of them once `commit_end` is known.
+    pub registered: u64,
+    /// Some events never left the source (its connection ended): it is incomplete downstream.
+    pub released: bool,
 }
 
 /// A bookkeeping mistake by the caller: acknowledging what was never sent, or twice.
@@ -133,13 +147,16 @@ impl Checkpoint {
             commit_end: None,
             commit_ts_micros,
             released: false,
+            registered: 0,
         });
         TxnSeq(self.first_seq + self.pending.len() as u64 - 1)
     }
 
     /// `count` more events of `seq` go downstream. Call before handing them over.
     pub fn add_events(&mut self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
-        self.slot(seq)?.outstanding += count;
+        let txn = self.slot(seq)?;
+        txn.outstanding += count;
+        txn.registered += count;
         self.in_flight_events += count;
         Ok(())
     }
@@ -207,6 +224,16 @@ impl Checkpoint {
         self.first_seq += self.pending.len() as u64;
         self.pending.clear();
         self.flushed = self.flushed.max(start);
+    }
+
+    /// What is known of `seq`, while it is pending (not yet folded into the flush LSN).
+    pub fn transaction(&self, seq: TxnSeq) -> Option<TxnState> {
+        let index = usize::try_from(seq.0.checked_sub(self.first_seq)?).ok()?;
+        self.pending.get(index).map(|txn| TxnState {
+            commit_end: txn.commit_end,
+            registered: txn.registered,
+            released: txn.released,
+        })
     }
 
     /// A keepalive reported `wal_end`. With nothing pending, everything before it is handled.

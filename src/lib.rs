@@ -25,6 +25,7 @@
 //! - [`tls`]: sslmode and certificates for both PostgreSQL connections (rustls).
 //! - [`tail`]: reading a topic back for people (`outbox-relay tail`).
 //! - [`policy`]: the one map from failure to retry, dead-letter, hold or stop.
+//! - [`progress`]: exactly-once progress records, and which resent transactions they skip.
 //! - [`metrics`]: metric names and descriptions.
 //! - [`pipeline`]: the supervisor (wiring source → sink, reconnects with [`backoff`],
 //!   in-process restarts, standby while another replica holds the slot, graceful stop)
@@ -45,6 +46,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pipeline;
 pub mod policy;
+pub mod progress;
 pub mod replication;
 pub mod source;
 pub mod status;

@@ -78,6 +78,16 @@ pub const BUILD_INFO: &str = "outbox_relay_build_info";
 /// relay, for alerts over all of them (e.g. every replica of a slot standing by). A label
 /// here rather than on [`STANDBY`] and [`CONNECTED`] keeps their series as they were.
 pub const SLOT_INFO: &str = "outbox_relay_slot_info";
+/// Exactly-once: Kafka transactions committed.
+pub const KAFKA_TRANSACTIONS_COMMITTED: &str = "outbox_relay_kafka_transactions_committed_total";
+/// Exactly-once: Kafka transactions aborted, by reason (topic, row, table, delivery,
+/// fenced, stream_ended, error).
+pub const KAFKA_TRANSACTIONS_ABORTED: &str = "outbox_relay_kafka_transactions_aborted_total";
+/// Exactly-once: from the commit decision (progress record sent) to the broker's answer.
+pub const KAFKA_TRANSACTION_COMMIT: &str = "outbox_relay_kafka_transaction_commit_seconds";
+/// Exactly-once: events the slot sent again that committed progress already covers,
+/// skipped.
+pub const EVENTS_ALREADY_PUBLISHED: &str = "outbox_relay_events_already_published_total";
 /// Average broker round-trip time from librdkafka's statistics, by broker.
 pub const KAFKA_BROKER_RTT: &str = "outbox_relay_kafka_broker_rtt_seconds";
 /// Transmit errors since start from librdkafka's statistics, by broker.
@@ -110,6 +120,10 @@ pub enum MetricsError {
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(KAFKA_TRANSACTION_COMMIT.into()),
+            LATENCY_BUCKETS,
+        )?
         .install_recorder()?;
     spawn_upkeep(handle.clone(), UPKEEP_INTERVAL).map_err(MetricsError::Upkeep)?;
     describe();
@@ -232,6 +246,23 @@ pub fn describe() {
     describe_gauge!(
         SLOT_INFO,
         "Always 1; the replication slot is a label, to group the replicas of one relay"
+    );
+    describe_counter!(
+        KAFKA_TRANSACTIONS_COMMITTED,
+        "Exactly-once delivery: Kafka transactions committed"
+    );
+    describe_counter!(
+        KAFKA_TRANSACTIONS_ABORTED,
+        "Exactly-once delivery: Kafka transactions aborted, by reason (topic, row, table, delivery, fenced, stream_ended, error); their rows are published again from the slot"
+    );
+    describe_histogram!(
+        KAFKA_TRANSACTION_COMMIT,
+        Unit::Seconds,
+        "Exactly-once delivery: time from the commit decision (progress record sent) to the broker's answer"
+    );
+    describe_counter!(
+        EVENTS_ALREADY_PUBLISHED,
+        "Exactly-once delivery: events the slot sent again that the committed progress already covers, skipped"
     );
     describe_gauge!(
         KAFKA_BROKER_RTT,

@@ -8,8 +8,14 @@
 //! Names that reach SQL are newtypes that validate while deserializing, so an invalid
 //! slot or table name is reported with its exact key path.
 
+mod delivery;
 pub mod interpolate;
 mod outbox;
+
+pub use delivery::{
+    default_transactional_id, Delivery, DEFAULT_PROGRESS_TOPIC, DEFAULT_TRANSACTION_MAX_EVENTS,
+    DEFAULT_TRANSACTION_MAX_MS, DEFAULT_TRANSACTION_TIMEOUT_MS,
+};
 
 pub use outbox::{
     HeaderColumn, OnError, OutboxConfig, OutboxOverride, TableMapping, DEFAULT_ID_COLUMN,
@@ -202,10 +208,34 @@ pub struct KafkaConfig {
     /// before it is dead-lettered as `unknown_topic`.
     #[serde(default = "default_unknown_topic_wait_ms")]
     pub unknown_topic_wait_ms: u64,
+    /// `at_least_once` (default) or `exactly_once` (Kafka transactions; see
+    /// [`delivery`]).
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// The producer's `transactional.id` with `exactly_once`; by default one per database
+    /// and slot ([`default_transactional_id`]), shared by the replicas of the slot.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+    /// With `exactly_once`: commit at the first PostgreSQL commit after this many events.
+    #[serde(default = "delivery::default_transaction_max_events")]
+    pub transaction_max_events: usize,
+    /// With `exactly_once`: commit at the first PostgreSQL commit after this long open.
+    #[serde(default = "delivery::default_transaction_max_ms")]
+    pub transaction_max_ms: u64,
+    /// With `exactly_once`: the compacted topic of the relay's committed progress.
+    #[serde(default = "delivery::default_progress_topic")]
+    pub progress_topic: String,
     /// librdkafka producer properties, passed through; those that would weaken the
     /// relay's guarantees are rejected (see [`crate::kafka::properties`]).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    /// Whether rows are written in Kafka transactions.
+    pub fn exactly_once(&self) -> bool {
+        self.delivery == Delivery::ExactlyOnce
+    }
 }
 
 fn yes() -> bool {
@@ -509,6 +539,7 @@ impl Config {
             if let Err(e) = crate::kafka::properties::check_user_properties(&kafka.properties) {
                 return Err(("kafka.properties", e.to_string()));
             }
+            delivery::validate(kafka)?;
         }
         Ok(())
     }
@@ -518,6 +549,19 @@ impl Config {
         crate::tls::split_url(&self.source.url)
             .map(|(_, tls)| tls)
             .expect("source.url is validated when the config is loaded")
+    }
+
+    /// The producer's `transactional.id` with `kafka.delivery = "exactly_once"`.
+    pub fn transactional_id(&self) -> Option<String> {
+        let kafka = self.kafka.as_ref().filter(|k| k.exactly_once())?;
+        Some(kafka.transactional_id.clone().unwrap_or_else(|| {
+            let config = self.postgres_config();
+            let database = config
+                .get_dbname()
+                .or(config.get_user())
+                .unwrap_or("postgres");
+            default_transactional_id(database, self.source.slot.as_str())
+        }))
     }
 
     /// The parsed `source.url` without its TLS part (validated by [`Config::validate`]).

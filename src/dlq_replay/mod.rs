@@ -247,7 +247,7 @@ async fn run(
         None
     } else {
         Some(
-            client_config::producer_config(kafka)
+            client_config::producer_config(kafka, None)
                 .create()
                 .map_err(ReplayError::Client)?,
         )

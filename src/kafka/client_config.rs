@@ -8,7 +8,11 @@ use super::properties::{DEFAULTS, OWNED, REBOOTSTRAP_AFTER_MS, REBOOTSTRAP_KEY};
 use crate::config::KafkaConfig;
 
 /// The producer's librdkafka config: defaults, then the user's, then what the relay owns.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+///
+/// With a `transactional_id` (exactly-once delivery) the producer is transactional, and a
+/// record waits at most `transaction.timeout.ms` instead of forever: a transaction that
+/// cannot finish is aborted, and its rows are published again from the slot.
+pub fn producer_config(kafka: &KafkaConfig, transactional_id: Option<&str>) -> ClientConfig {
     let mut config = client_config(kafka);
     for (key, value) in DEFAULTS {
         if !kafka.properties.contains_key(*key) {
@@ -16,7 +20,19 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         }
     }
     for (key, value, _) in OWNED {
+        if transactional_id.is_some() && *key == "message.timeout.ms" {
+            continue;
+        }
         config.set(*key, *value);
+    }
+    if let Some(id) = transactional_id {
+        config.set("transactional.id", id);
+        if !kafka.properties.contains_key("transaction.timeout.ms") {
+            config.set(
+                "transaction.timeout.ms",
+                crate::config::DEFAULT_TRANSACTION_TIMEOUT_MS.to_string(),
+            );
+        }
     }
     config
 }
@@ -72,11 +88,16 @@ mod tests {
             topic_replication_factor: 1,
             topic_config: Default::default(),
             unknown_topic_wait_ms: 1_000,
+            delivery: Default::default(),
+            transactional_id: None,
+            transaction_max_events: 1,
+            transaction_max_ms: 1,
+            progress_topic: "p".into(),
             properties,
         };
-        let config = producer_config(&kafka(BTreeMap::new()));
+        let config = producer_config(&kafka(BTreeMap::new()), None);
         assert_eq!(config.get("partitioner"), Some("murmur2_random"));
-        let config = producer_config(&kafka(props(&[("partitioner", "murmur2")])));
+        let config = producer_config(&kafka(props(&[("partitioner", "murmur2")])), None);
         assert_eq!(config.get("partitioner"), Some("murmur2"));
         // Not for the admin client and consumers, which would reject it.
         assert_eq!(
@@ -94,9 +115,14 @@ mod tests {
             topic_replication_factor: 1,
             topic_config: Default::default(),
             unknown_topic_wait_ms: 1_000,
+            delivery: Default::default(),
+            transactional_id: None,
+            transaction_max_events: 1,
+            transaction_max_ms: 1,
+            progress_topic: "p".into(),
             properties: props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
         };
-        let config = producer_config(&kafka);
+        let config = producer_config(&kafka, None);
         assert_eq!(config.get("linger.ms"), Some("50"));
         assert_eq!(config.get("acks"), Some("all"));
         assert_eq!(config.get("enable.idempotence"), Some("true"));

@@ -5,6 +5,7 @@ pub mod client_config;
 pub mod durability;
 pub mod hold;
 pub mod producer;
+pub mod progress_reader;
 pub mod properties;
 pub mod rebootstrap;
 pub mod topics;

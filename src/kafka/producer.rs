@@ -118,16 +118,20 @@ pub struct UnconfirmedRecord {
 }
 
 /// What librdkafka carries per record: the [`InFlight`] and its place in send order.
+/// A record of the relay's own (exactly-once progress) carries no event.
 #[derive(Debug)]
 pub struct Sent {
     order: u64,
-    in_flight: InFlight,
+    in_flight: Option<InFlight>,
 }
 
 /// Receives librdkafka's callbacks: delivery reports and client errors.
 #[derive(Debug)]
 pub struct DeliveryContext {
     checkpoint: SharedCheckpoint,
+    /// At-least-once: a successful delivery report acknowledges its event. Exactly-once:
+    /// it does not; the sink acknowledges a Kafka transaction's events once it committed.
+    acknowledge_on_delivery: bool,
     health: Health,
     /// `outbox_relay_events_total` counters by relation OID and topic, made once each.
     delivered_counters: Mutex<HashMap<Oid, HashMap<String, Counter>>>,
@@ -217,8 +221,29 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
         let Sent { order, in_flight } = *sent;
-        let seq = in_flight.event.seq;
         self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
+        let Some(in_flight) = in_flight else {
+            // The relay's own record: only a failure matters (it fails the transaction).
+            match result {
+                Ok(message) if message.offset() >= 0 => {}
+                Ok(message) => {
+                    self.unconfirmed_total.increment(1);
+                    self.record_failure(
+                        message.topic().to_owned(),
+                        RDKafkaErrorCode::Fail,
+                        TxnSeq(0),
+                    );
+                }
+                Err((e, message)) => {
+                    error!(topic = message.topic(), error = %e, "progress record not delivered");
+                    let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
+                    self.record_failure(message.topic().to_owned(), code, TxnSeq(0));
+                }
+            }
+            self.delivered.notify_one();
+            return;
+        };
+        let seq = in_flight.event.seq;
         match result {
             Ok(message) if message.offset() < 0 => {
                 self.unconfirmed_total.increment(1);
@@ -247,7 +272,9 @@ impl ProducerContext for DeliveryContext {
                     "delivered"
                 );
                 self.count_delivery(&in_flight.event, message.topic());
-                if let Err(e) = self.checkpoint.ack(seq, 1) {
+                if !self.acknowledge_on_delivery {
+                    // Exactly-once: acknowledged when its transaction commits.
+                } else if let Err(e) = self.checkpoint.ack(seq, 1) {
                     // A bookkeeping bug must not move the slot: report it and stop acking.
                     error!(error = %e, "acknowledgement rejected by the checkpoint");
                     self.record_failure(String::new(), RDKafkaErrorCode::Fail, seq);
@@ -328,14 +355,17 @@ pub struct EventProducer {
 }
 
 impl EventProducer {
+    /// A producer for `kafka`; transactional (exactly-once) with a `transactional_id`.
     pub fn new(
         kafka: &KafkaConfig,
         checkpoint: SharedCheckpoint,
         health: Health,
+        transactional_id: Option<&str>,
     ) -> Result<Self, PublishError> {
         let delivered = Arc::new(Notify::new());
         let context = DeliveryContext {
             checkpoint,
+            acknowledge_on_delivery: transactional_id.is_none(),
             health,
             delivered_counters: Mutex::new(HashMap::new()),
             latency: metrics::histogram!(metric::DELIVERY_LATENCY),
@@ -351,9 +381,10 @@ impl EventProducer {
             delivered: Arc::clone(&delivered),
             rebootstrap: super::rebootstrap::Rebootstrap::new(&kafka.bootstrap_servers),
         };
-        let producer: ThreadedProducer<DeliveryContext> = client_config::producer_config(kafka)
-            .create_with_context(context)
-            .map_err(PublishError::Client)?;
+        let producer: ThreadedProducer<DeliveryContext> =
+            client_config::producer_config(kafka, transactional_id)
+                .create_with_context(context)
+                .map_err(PublishError::Client)?;
         let client = producer.client();
         client.context().rebootstrap.attach(client.native_ptr());
         Ok(EventProducer {
@@ -399,10 +430,13 @@ impl EventProducer {
                 value: Some(value.as_ref()),
             });
         }
-        let mut opaque = Box::new(Sent { order, in_flight });
+        let mut opaque = Box::new(Sent {
+            order,
+            in_flight: Some(in_flight),
+        });
         loop {
             if let Err(e) = self.check_failures() {
-                return Err((e, opaque.in_flight));
+                return Err((e, take_in_flight(opaque)));
             }
             let mut message =
                 BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque)
@@ -424,10 +458,119 @@ impl EventProducer {
                         topic: record.topic.to_string(),
                         source: e,
                     };
-                    return Err((error, refused.delivery_opaque.in_flight));
+                    return Err((error, take_in_flight(refused.delivery_opaque)));
                 }
             }
         }
+    }
+
+    /// Sends the relay's own record (exactly-once progress) in the open transaction; a
+    /// failed delivery fails the transaction (see [`EventProducer::check_failures`]).
+    pub async fn send_own(
+        &self,
+        topic: &str,
+        key: &[u8],
+        payload: &[u8],
+    ) -> Result<(), PublishError> {
+        let mut opaque = Box::new(Sent {
+            order: self.next_order.fetch_add(1, Ordering::Relaxed),
+            in_flight: None,
+        });
+        loop {
+            self.check_failures()?;
+            let message = BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(topic, opaque)
+                .key(key)
+                .payload(payload);
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
+                    opaque = refused.delivery_opaque;
+                    self.wait_report(QUEUE_FULL_WAIT).await;
+                }
+                Err((e, _)) => {
+                    return Err(PublishError::Produce {
+                        topic: topic.to_owned(),
+                        source: e,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Runs one blocking transactional call of librdkafka on a blocking thread.
+    async fn transactional(
+        &self,
+        call: impl FnOnce(&ThreadedProducer<DeliveryContext>) -> Result<(), KafkaError> + Send + 'static,
+    ) -> Result<(), KafkaError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || call(&producer))
+            .await
+            .map_err(|_| KafkaError::Canceled)?
+    }
+
+    /// `init_transactions`: fences every older producer of the same `transactional.id`
+    /// and aborts the transaction it left open.
+    pub async fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.transactional(move |p| p.init_transactions(timeout))
+            .await
+    }
+
+    pub fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.producer.begin_transaction()
+    }
+
+    /// Waits for every record of the open transaction to be reported, so that
+    /// [`EventProducer::check_failures`] and the refused and unconfirmed queues are final
+    /// before it commits.
+    pub async fn flush_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.transactional(move |p| p.flush(timeout)).await
+    }
+
+    pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.transactional(move |p| p.commit_transaction(timeout))
+            .await
+    }
+
+    pub async fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.transactional(move |p| p.abort_transaction(timeout))
+            .await
+    }
+
+    /// Why the open transaction must not commit, if anything was refused, left
+    /// unconfirmed or failed since it began; empties the queues of refused and
+    /// unconfirmed records (the transaction is aborted, and the slot sends them again).
+    /// Returns the records refused for a fault of their own, to be dead-lettered then.
+    pub fn transaction_faults(&self) -> (Option<String>, Vec<RefusedRecord>) {
+        let refused = self.take_refused();
+        let held = self.take_held();
+        let unconfirmed = self.take_unconfirmed();
+        let fault = if let Err(e) = self.check_failures() {
+            Some(e.to_string())
+        } else if let Some(first) = held.first() {
+            Some(format!(
+                "Kafka refused topic {} ({}); fix: {}",
+                first.topic,
+                first.code,
+                crate::policy::topic_fix(
+                    first.code,
+                    &first.topic,
+                    &self.producer.context().principal
+                )
+            ))
+        } else if let Some(first) = refused.first() {
+            Some(format!(
+                "Kafka refused a record of topic {} ({}); it goes to the dead-letter topic when the slot sends it again",
+                first.topic, first.code
+            ))
+        } else {
+            unconfirmed.first().map(|first| {
+                format!(
+                    "librdkafka reported a record of topic {} (partition {}) delivered without an offset",
+                    first.topic, first.partition
+                )
+            })
+        };
+        (fault, refused)
     }
 
     /// Waits for the next delivery report, at most `limit`.
@@ -582,6 +725,12 @@ impl EventProducer {
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
         self.producer.flush(timeout).map_err(PublishError::Client)
     }
+}
+
+/// The event a record carries (every record handed to [`EventProducer::send_as`] has one).
+fn take_in_flight(sent: Box<Sent>) -> InFlight {
+    sent.in_flight
+        .expect("records sent through send_as always carry their event")
 }
 
 /// Waits, at most [`PARTITIONS_SERVED_TIMEOUT`], until the leader of each of `partitions`

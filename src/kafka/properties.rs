@@ -55,7 +55,7 @@ pub const FORBIDDEN: &[(&str, &str)] = &[
     ),
     (
         "transactional.id",
-        "the relay deduplicates by event id, not Kafka transactions",
+        "set kafka.delivery = \"exactly_once\" (and kafka.transactional_id to choose the id)",
     ),
     (
         "enable.gapless.guarantee",

@@ -149,13 +149,50 @@ impl TopicManager {
         self.limits.remove(topic);
     }
 
+    /// Makes sure the exactly-once progress topic exists, creating it when missing (even
+    /// with `kafka.create_topics = false`: it is the relay's own). It is compacted, so it
+    /// keeps the last record per slot; one partition, since it holds one key per slot;
+    /// the replication factor and `min.insync.replicas` of the outbox topics.
+    pub async fn ensure_progress_topic(
+        &mut self,
+        topic: &Arc<str>,
+        producer: &EventProducer,
+    ) -> Result<(), PublishError> {
+        if self.known.contains(topic) {
+            return Ok(());
+        }
+        if !self.exists(topic)? {
+            let mut configs = vec![("cleanup.policy".to_owned(), "compact".to_owned())];
+            configs.extend(
+                self.topic_config
+                    .iter()
+                    .filter(|(key, _)| key == "min.insync.replicas")
+                    .cloned(),
+            );
+            self.create_topic_with(topic, 1, &configs).await?;
+        }
+        producer.wait_for_topic(topic).await?;
+        self.known.insert(Arc::clone(topic));
+        Ok(())
+    }
+
     async fn create_topic(&self, topic: &str) -> Result<(), PublishError> {
+        self.create_topic_with(topic, self.partitions, &self.topic_config)
+            .await
+    }
+
+    async fn create_topic_with(
+        &self,
+        topic: &str,
+        partitions: i32,
+        configs: &[(String, String)],
+    ) -> Result<(), PublishError> {
         let mut new_topic = NewTopic::new(
             topic,
-            self.partitions,
+            partitions,
             TopicReplication::Fixed(self.replication_factor),
         );
-        for (key, value) in &self.topic_config {
+        for (key, value) in configs {
             new_topic = new_topic.set(key, value);
         }
         let options = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));

@@ -42,6 +42,17 @@ pub const DEAD_LETTER_CLASSES: &[&str] = &[
 /// Operations an outbox table can see besides inserts ([`EVENTS_IGNORED`]'s `op`).
 const IGNORED_OPERATIONS: &[&str] = &["update", "delete", "truncate"];
 
+/// Reasons [`KAFKA_TRANSACTIONS_ABORTED`] counts (see `pipeline::exactly_once`).
+const ABORT_REASONS: &[&str] = &[
+    "topic",
+    "row",
+    "table",
+    "delivery",
+    "fenced",
+    "stream_ended",
+    "error",
+];
+
 /// Targets of [`CONNECTED`] and [`RECONNECTS`].
 const TARGETS: &[&str] = &["postgres", "kafka"];
 
@@ -120,6 +131,13 @@ pub fn register(config: &Config) {
         PIPELINE_RESTARTS,
     ] {
         counter!(name).absolute(0);
+    }
+    if config.kafka.as_ref().is_some_and(|k| k.exactly_once()) {
+        counter!(KAFKA_TRANSACTIONS_COMMITTED).absolute(0);
+        counter!(EVENTS_ALREADY_PUBLISHED).absolute(0);
+        for reason in ABORT_REASONS {
+            counter!(KAFKA_TRANSACTIONS_ABORTED, "reason" => *reason).absolute(0);
+        }
     }
     gauge!(STANDBY).set(0.0);
     gauge!(SLOT_INFO, "slot" => config.source.slot.as_str().to_owned()).set(1.0);

@@ -7,8 +7,10 @@
 //! after any other retryable failure: a failure the policy calls retryable never ends the
 //! process. Exit 1 is only for what an operator must fix, and the error says what.
 
+mod exactly_once;
 mod sink;
 mod supervisor;
+mod transaction;
 
 use std::sync::Arc;
 
@@ -41,6 +43,10 @@ pub enum RelayError {
     },
     #[error(transparent)]
     Foreign(#[from] crate::outbox::ForeignTable),
+    /// Exactly-once: the Kafka transaction was aborted (or fenced); the pipeline restarts
+    /// and the slot sends its rows again.
+    #[error("Kafka transaction not committed: {0}; the slot sends its rows again")]
+    Transaction(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,7 +62,7 @@ impl RelayError {
                 policy::classify(Failure::Replication(e)) == Action::Retry
             }
             RelayError::Publish(e) => policy::classify(Failure::Publish(e)) == Action::Retry,
-            RelayError::Internal(_) => true,
+            RelayError::Internal(_) | RelayError::Transaction(_) => true,
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn};
 
+use super::exactly_once::{refused_before, Admit, ExactlyOnce};
 use super::RelayError;
 use crate::backoff::{self, Backoff};
 use crate::checkpoint::SharedCheckpoint;
@@ -51,6 +52,9 @@ pub(super) struct Sink {
     /// A table fault holds the stream: nothing more is published (see
     /// [`Sink::hold_for_table`]).
     pub(super) table_held: bool,
+    /// With `kafka.delivery = "exactly_once"`: the Kafka transactions (see
+    /// [`super::exactly_once`]).
+    pub(super) exactly_once: Option<ExactlyOnce>,
 }
 
 impl Sink {
@@ -62,6 +66,8 @@ impl Sink {
     ) -> Result<(), RelayError> {
         let mut failure_check = tokio::time::interval(FAILURE_CHECK_INTERVAL);
         let outcome = loop {
+            // Exactly-once: wake when the open transaction is due by age too.
+            let due = self.transaction_due_in().unwrap_or(FAILURE_CHECK_INTERVAL);
             let step = tokio::select! {
                 batch = events.recv() => match batch {
                     Some(batch) => match self.handle_reports(&shutdown).await {
@@ -74,6 +80,13 @@ impl Sink {
                     Ok(()) => self.producer.check_failures().map_err(RelayError::from),
                     Err(e) => Err(e),
                 },
+                _ = sleep(due), if self.exactly_once.is_some() => Ok(()),
+            };
+            let step = match step {
+                Ok(()) if self.exactly_once.is_some() && !self.table_held => {
+                    self.transaction_step().await
+                }
+                other => other,
             };
             if let Err(e) = step {
                 break Err(e);
@@ -82,12 +95,30 @@ impl Sink {
                 break Ok(()); // Stopping while a topic or a table is held: publish nothing newer.
             }
         };
+        if self.exactly_once.is_some() {
+            // Commits what is whole; aborts the rest, which the slot sends again.
+            let ended = self
+                .end_transactions(outcome.is_err() || self.table_held)
+                .await;
+            outcome?;
+            return ended;
+        }
         // Whatever was handed to librdkafka before a stop still gets its chance to be
         // delivered (and acknowledged), so the slot ends as close to the failure as is safe.
         let producer = &self.producer;
         tokio::task::block_in_place(|| producer.flush(flush_timeout)).ok();
         outcome?;
         self.producer.check_failures()?;
+        Ok(())
+    }
+
+    /// Exactly-once, between batches and on the timer: start the transactions once the
+    /// source holds the slot (so a takeover fences the old replica at once), and commit
+    /// the open transaction when it is due.
+    async fn transaction_step(&mut self) -> Result<(), RelayError> {
+        if self.start_transactions().await? {
+            self.commit_if_due().await?;
+        }
         Ok(())
     }
 
@@ -99,6 +130,9 @@ impl Sink {
         for event in batch {
             if self.hold.interrupted() || self.table_held {
                 return Ok(());
+            }
+            if self.exactly_once.is_some() && self.admit(&event).await? == Admit::AlreadyPublished {
+                continue;
             }
             match self.router.route(&event.change) {
                 Routed::Publish(record) => self.publish_record(&event, record, shutdown).await?,
@@ -142,6 +176,11 @@ impl Sink {
     ) {
         self.table_held = true;
         let fix = problem.table_fix().unwrap_or_else(|| problem.to_string());
+        if self.exactly_once.is_some() {
+            // Its rows before this one must not wait in an open transaction (it would hold
+            // read_committed consumers back): the slot sends them again after the fix.
+            self.abort_for("table", &fix).await;
+        }
         self.health.set_table_blocked(Some(fix.clone()));
         let table = policy.table.to_string();
         metrics::gauge!(metric::TABLE_BLOCKED, "table" => table.clone()).set(1.0);
@@ -173,6 +212,21 @@ impl Sink {
             id = ?record.headers.iter().find(|(name, _)| &**name == "id").map(|(_, v)| String::from_utf8_lossy(v)),
             "sending"
         );
+        if let Some(eos) = &self.exactly_once {
+            if refused_before(&eos.refusals, event, &record) {
+                let reason = dlq::Reason {
+                    class: "kafka_rejected",
+                    message: format!(
+                        "Kafka refused the record for topic {} (its transaction was aborted)",
+                        record.topic
+                    ),
+                };
+                let policy = Arc::clone(&record.policy);
+                return self
+                    .reject(event, &policy, Some(&record), reason, shutdown)
+                    .await;
+            }
+        }
         let in_flight = InFlight {
             event: event.clone(),
             dead_letter: None,
@@ -213,6 +267,12 @@ impl Sink {
                 self.reject(event, &policy, Some(&record), reason, shutdown)
                     .await
             }
+            // Exactly-once: the transaction cannot commit; the pipeline restarts with
+            // backoff and the slot sends the rows again, until the topic takes them.
+            Action::Hold if self.exactly_once.is_some() => Err(RelayError::Transaction(format!(
+                "Kafka refused topic {}: {error}",
+                record.topic
+            ))),
             // The topic refuses it: hold it until it takes it (never the DLQ).
             Action::Hold => {
                 let held = Hold::refused_at_send(&record.topic, &error, in_flight);
@@ -238,6 +298,9 @@ impl Sink {
 
     /// What delivery reports handed back: records to send again, hold or dead-letter.
     async fn handle_reports(&mut self, shutdown: &CancellationToken) -> Result<(), RelayError> {
+        if self.exactly_once.is_some() {
+            return Ok(()); // Looked at before each commit (see super::exactly_once).
+        }
         self.send_unconfirmed_again(shutdown).await?;
         self.dead_letter_refused(shutdown).await
     }
@@ -404,7 +467,12 @@ impl Sink {
         }
     }
 
+    /// Acknowledges an event handled without a record of its own. Exactly-once: nothing
+    /// here; its Kafka transaction acknowledges it once committed.
     fn ack(&self, event: &SourceEvent) -> Result<(), RelayError> {
+        if self.exactly_once.is_some() {
+            return Ok(());
+        }
         self.checkpoint
             .ack(event.seq, 1)
             .map_err(|e| RelayError::Internal(e.to_string()))

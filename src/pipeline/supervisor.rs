@@ -38,6 +38,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::exactly_once::{ExactlyOnce, Refusals};
 use super::sink::Sink;
 use super::RelayError;
 use crate::admin_sql;
@@ -80,6 +81,7 @@ pub async fn run(
     let mut carried = Carried {
         flushed: Lsn::ZERO,
         history: SharedHistory::default(),
+        refusals: Refusals::default(),
     };
     let mut backoff = Backoff::default();
     let mut first = true;
@@ -126,6 +128,8 @@ struct Carried {
     flushed: Lsn,
     /// What the source saw of the server (see [`crate::source::history`]).
     history: SharedHistory,
+    /// Exactly-once: rows Kafka refused, to dead-letter when the slot sends them again.
+    refusals: Refusals,
 }
 
 /// One run's checkpoint and sink, ready to start.
@@ -142,7 +146,24 @@ impl Pipeline {
         carried: &Carried,
     ) -> Result<Pipeline, RelayError> {
         let checkpoint = SharedCheckpoint::new(carried.flushed);
-        let producer = EventProducer::new(kafka, checkpoint.clone(), health.clone())?;
+        let transactional_id = config.transactional_id();
+        let producer = EventProducer::new(
+            kafka,
+            checkpoint.clone(),
+            health.clone(),
+            transactional_id.as_deref(),
+        )?;
+        let exactly_once = transactional_id.map(|_| {
+            // Transactions start only once this run's source holds the slot (see
+            // super::exactly_once): forget the server the last run's connection found.
+            carried.history.lock().connected = None;
+            ExactlyOnce::new(
+                kafka,
+                config.source.slot.as_str(),
+                carried.history.clone(),
+                carried.refusals.clone(),
+            )
+        });
         let topics = TopicManager::new(kafka)?;
         let sink = Sink {
             router: Router::new(config),
@@ -152,6 +173,7 @@ impl Pipeline {
             checkpoint: checkpoint.clone(),
             health: health.clone(),
             table_held: false,
+            exactly_once,
         };
         Ok(Pipeline { checkpoint, sink })
     }
@@ -260,6 +282,7 @@ async fn run_source(
         ..SourceSettings::from_config(&config)
     };
     let drain_timeout = Duration::from_millis(config.source.shutdown_timeout_ms);
+    let exactly_once = config.kafka.as_ref().is_some_and(|k| k.exactly_once());
     let mut backoff = Backoff::default();
     let mut standby_poll = Backoff::new(STANDBY_POLL, STANDBY_POLL);
     loop {
@@ -312,6 +335,14 @@ async fn run_source(
         health.set_streaming(false);
         match outcome {
             Ok(()) => return Ok(()),
+            // Exactly-once: the open Kafka transaction may hold part of a PostgreSQL
+            // transaction the new connection sends again; the whole pipeline restarts
+            // (aborting it) instead of reconnecting the source alone.
+            Err(e) if exactly_once && e.is_retryable() && !shutdown.is_cancelled() => {
+                warn!(error = %e, "replication connection lost; restarting the pipeline (exactly-once)");
+                metrics::counter!(metric::RECONNECTS, "target" => "postgres").increment(1);
+                return Err(e.into());
+            }
             Err(e) if e.is_retryable() && !shutdown.is_cancelled() && !halt.is_cancelled() => {
                 warn!(error = %e, "replication connection lost; reconnecting");
                 metrics::counter!(metric::RECONNECTS, "target" => "postgres").increment(1);

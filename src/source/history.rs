@@ -103,6 +103,10 @@ pub fn check(seen: Option<&Seen>, flushed: Lsn, identity: &SystemIdentity) -> Ve
 #[derive(Debug, Default)]
 pub struct History {
     pub seen: Option<Seen>,
+    /// The server as the current (or last) connection found it: its WAL end then is the
+    /// end of its history, which exactly-once progress must not be past (see
+    /// [`crate::progress`]).
+    pub connected: Option<Seen>,
     /// Commit LSN of the transaction the last connection left unfinished, and how many
     /// connections in a row have left it so.
     unfinished: Option<(Lsn, u64)>,
@@ -115,6 +119,11 @@ impl History {
             system_id: identity.system_id.clone(),
             timeline: identity.timeline,
             position: start,
+        });
+        self.connected = Some(Seen {
+            system_id: identity.system_id.clone(),
+            timeline: identity.timeline,
+            position: identity.xlog_position,
         });
     }
 

@@ -1,0 +1,117 @@
+//! Reads a slot's last committed progress record (see [`crate::progress`]) back from the
+//! progress topic, as a `read_committed` consumer: records of aborted or still open
+//! transactions are never seen, so what is found is what Kafka really holds.
+//!
+//! The topic is compacted, but between compactions it holds one record per committed
+//! Kafka transaction, and other slots' records besides. The reader therefore scans each
+//! partition backwards in windows from its end and stops at the first window that holds
+//! the slot's key: one window read at a normal start, however long the topic.
+//!
+//! Call it only after `init_transactions`: that aborts any transaction the previous
+//! producer of the same `transactional.id` left open, which would otherwise hold the
+//! `read_committed` end (the last stable offset) below the progress it committed later.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+use super::client_config;
+use super::PublishError;
+use crate::config::KafkaConfig;
+use crate::progress::Progress;
+
+/// Offsets read per window, going backwards.
+const WINDOW: i64 = 2_000;
+/// Bound on one metadata or watermark request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The last committed progress of `key` in `topic`, or `None` when there is none. Fails
+/// (retryably) when the broker does not answer within `limit`.
+pub fn read_last(
+    kafka: &KafkaConfig,
+    topic: &str,
+    key: &str,
+    limit: Duration,
+) -> Result<Option<Progress>, PublishError> {
+    let deadline = Instant::now() + limit;
+    let consumer: BaseConsumer = client_config::connection_config(kafka)
+        // Never commits, never joins a group: it only assigns itself partitions.
+        .set("group.id", "outbox-relay-progress-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("isolation.level", "read_committed")
+        .set("enable.partition.eof", "true")
+        .create()
+        .map_err(PublishError::Client)?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(PublishError::Client)?;
+    let partitions = super::partitions_of(&metadata, topic);
+    let mut found: Option<(i64, Progress)> = None;
+    for partition in partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
+            .map_err(PublishError::Client)?;
+        let mut end = high;
+        while end > low {
+            let start = (end - WINDOW).max(low);
+            if let Some(hit) = scan(&consumer, topic, partition, start, end, key, deadline)? {
+                if found.as_ref().is_none_or(|(at, _)| hit.0 > *at) {
+                    found = Some(hit);
+                }
+                break;
+            }
+            end = start;
+        }
+    }
+    Ok(found.map(|(_, progress)| progress))
+}
+
+/// The last record of `key` among offsets `start..end` of one partition.
+fn scan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    start: i64,
+    end: i64,
+    key: &str,
+    deadline: Instant,
+) -> Result<Option<(i64, Progress)>, PublishError> {
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(topic, partition, Offset::Offset(start))
+        .map_err(PublishError::Client)?;
+    consumer.assign(&assignment).map_err(PublishError::Client)?;
+    let mut last = None;
+    loop {
+        if Instant::now() >= deadline {
+            return Err(PublishError::Client(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::OperationTimedOut,
+            )));
+        }
+        match consumer.poll(Duration::from_millis(200)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(_))) => return Ok(last),
+            Some(Err(e)) => return Err(PublishError::Client(e)),
+            Some(Ok(message)) => {
+                let offset = message.offset();
+                if offset >= end {
+                    return Ok(last);
+                }
+                if message.key() != Some(key.as_bytes()) {
+                    continue;
+                }
+                match message.payload().map(Progress::decode) {
+                    Some(Ok(progress)) => last = Some((offset, progress)),
+                    // A record the relay did not write (or a tombstone): not progress.
+                    Some(Err(e)) => {
+                        tracing::warn!(topic, partition, offset, error = %e, "skipping a progress record that cannot be read")
+                    }
+                    None => last = None,
+                }
+            }
+        }
+    }
+}
