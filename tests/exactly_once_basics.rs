@@ -103,5 +103,8 @@ async fn rows_arrive_once_and_a_restart_skips_what_kafka_holds() {
         "{value}"
     );
     figures.sample_rss(&relay);
+    if std::env::var_os("SHOW_RELAY_LOG").is_some() {
+        println!("{log}");
+    }
     figures.report("exactly-once basics");
 }

@@ -263,3 +263,54 @@ fn on_new_system_is_stop_or_follow() {
         "{line}"
     );
 }
+
+#[test]
+fn exactly_once_is_a_switch_with_its_limits_checked() {
+    let kafka = "[kafka]\nbootstrap_servers = \"k:9092\"\n";
+    let config = parse(&format!("{MINIMAL}{kafka}")).unwrap();
+    let k = config.kafka.as_ref().unwrap();
+    assert_eq!(k.delivery, Delivery::AtLeastOnce);
+    assert_eq!(config.transactional_id(), None);
+    assert_eq!(k.transaction_max_events, DEFAULT_TRANSACTION_MAX_EVENTS);
+    assert_eq!(k.transaction_max_ms, DEFAULT_TRANSACTION_MAX_MS);
+    assert_eq!(k.progress_topic, DEFAULT_PROGRESS_TOPIC);
+
+    let eos = format!("{MINIMAL}{kafka}delivery = \"exactly_once\"\n");
+    let config = parse(&eos).unwrap();
+    assert_eq!(
+        config.transactional_id().as_deref(),
+        Some("outbox-relay.orders.outbox_relay"),
+        "one id per database and slot"
+    );
+    let named = parse(&format!("{eos}transactional_id = \"orders-relay\"\n")).unwrap();
+    assert_eq!(named.transactional_id().as_deref(), Some("orders-relay"));
+
+    let line = error_line(&format!("{MINIMAL}{kafka}delivery = \"exactly-once\"\n"));
+    assert!(line.contains("kafka.delivery"), "{line}");
+    let line = error_line(&format!("{eos}transaction_max_events = 0\n"));
+    assert!(
+        line.starts_with("relay.toml: kafka.transaction_max_events: must be at least 1"),
+        "{line}"
+    );
+    let line = error_line(&format!(
+        "{eos}transaction_max_ms = 60000\n[kafka.properties]\n\"transaction.timeout.ms\" = \"60000\"\n"
+    ));
+    assert!(
+        line.starts_with("relay.toml: kafka.transaction_max_ms: must be well under"),
+        "{line}"
+    );
+    let line = error_line(&format!(
+        "{eos}[kafka.properties]\n\"message.timeout.ms\" = \"0\"\n"
+    ));
+    assert!(
+        line.starts_with("relay.toml: kafka.properties: \"message.timeout.ms\" cannot be set here"),
+        "{line}"
+    );
+    let line = error_line(&format!(
+        "{MINIMAL}{kafka}[kafka.properties]\n\"transactional.id\" = \"x\"\n"
+    ));
+    assert!(
+        line.contains("kafka.delivery = \\\"exactly_once\\\"") || line.contains("exactly_once"),
+        "{line}"
+    );
+}

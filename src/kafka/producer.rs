@@ -436,7 +436,7 @@ impl EventProducer {
         });
         loop {
             if let Err(e) = self.check_failures() {
-                return Err((e, take_in_flight(opaque)));
+                return Err((e, take_in_flight(*opaque)));
             }
             let mut message =
                 BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque)
@@ -458,7 +458,7 @@ impl EventProducer {
                         topic: record.topic.to_string(),
                         source: e,
                     };
-                    return Err((error, take_in_flight(refused.delivery_opaque)));
+                    return Err((error, take_in_flight(*refused.delivery_opaque)));
                 }
             }
         }
@@ -728,7 +728,7 @@ impl EventProducer {
 }
 
 /// The event a record carries (every record handed to [`EventProducer::send_as`] has one).
-fn take_in_flight(sent: Box<Sent>) -> InFlight {
+fn take_in_flight(sent: Sent) -> InFlight {
     sent.in_flight
         .expect("records sent through send_as always carry their event")
 }

@@ -13,9 +13,9 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::client_config;
 use super::PublishError;
@@ -27,6 +27,20 @@ const WINDOW: i64 = 2_000;
 /// Bound on one metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The reader's client context: the end of a partition is how it knows it has read
+/// everything, not an error to log.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::warn!(error = %error, reason, "progress reader: kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
 /// The last committed progress of `key` in `topic`, or `None` when there is none. Fails
 /// (retryably) when the broker does not answer within `limit`.
 pub fn read_last(
@@ -36,14 +50,14 @@ pub fn read_last(
     limit: Duration,
 ) -> Result<Option<Progress>, PublishError> {
     let deadline = Instant::now() + limit;
-    let consumer: BaseConsumer = client_config::connection_config(kafka)
+    let consumer: BaseConsumer<QuietEof> = client_config::connection_config(kafka)
         // Never commits, never joins a group: it only assigns itself partitions.
         .set("group.id", "outbox-relay-progress-reader")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("isolation.level", "read_committed")
         .set("enable.partition.eof", "true")
-        .create()
+        .create_with_context(QuietEof)
         .map_err(PublishError::Client)?;
     let metadata = consumer
         .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
@@ -71,7 +85,7 @@ pub fn read_last(
 
 /// The last record of `key` among offsets `start..end` of one partition.
 fn scan(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<QuietEof>,
     topic: &str,
     partition: i32,
     start: i64,

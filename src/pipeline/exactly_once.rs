@@ -132,18 +132,43 @@ pub(super) enum Admit {
     AlreadyPublished,
 }
 
-/// A transactional call that failed: fenced by another replica, or anything else (the
-/// transaction is aborted and the pipeline restarts).
-fn transaction_error(step: &str, e: &KafkaError) -> RelayError {
-    let fenced = matches!(
-        e.rdkafka_error_code(),
+/// Codes of a transactional producer that can do nothing more: fenced by a newer one
+/// (another replica took the slot over), or failed fatally.
+fn is_fatal_code(code: Option<RDKafkaErrorCode>) -> bool {
+    matches!(
+        code,
         Some(
             RDKafkaErrorCode::ProducerFenced
                 | RDKafkaErrorCode::InvalidProducerEpoch
-                | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+                | RDKafkaErrorCode::Fatal
         )
-    );
-    if fenced {
+    )
+}
+
+/// Whether `error` means the transactional producer can do nothing more.
+pub(super) fn is_fatal(error: &crate::kafka::PublishError) -> bool {
+    is_fatal_code(error.code())
+}
+
+/// A send that failed in exactly-once mode: a fenced (or fatally failed) producer, or a
+/// retryable failure, restarts the pipeline (the transaction is aborted); a failure an
+/// operator must fix stops as in at-least-once mode.
+pub(super) fn publish_failure(error: crate::kafka::PublishError) -> RelayError {
+    if is_fatal(&error) {
+        metrics::counter!(metric::KAFKA_TRANSACTIONS_ABORTED, "reason" => "fenced").increment(1);
+        error!(error = %error, "the transactional producer was fenced (another replica of this slot took over, same transactional.id) or failed fatally; nothing more of this one becomes visible");
+        return RelayError::Transaction(format!("fenced or failed producer: {error}"));
+    }
+    if error.is_retryable() {
+        return RelayError::Transaction(error.to_string());
+    }
+    error.into()
+}
+
+/// A transactional call that failed: fenced by another replica, or anything else (the
+/// transaction is aborted and the pipeline restarts).
+fn transaction_error(step: &str, e: &KafkaError) -> RelayError {
+    if is_fatal_code(e.rdkafka_error_code()) {
         error!(step, error = %e, "fenced: another replica of this slot took over (same transactional.id); nothing more of this one becomes visible");
         metrics::counter!(metric::KAFKA_TRANSACTIONS_ABORTED, "reason" => "fenced").increment(1);
         return RelayError::Transaction(format!("fenced by another replica at {step}: {e}"));
@@ -361,7 +386,7 @@ impl Sink {
     /// acknowledged.
     async fn abort(&mut self, why: &RelayError) {
         let reason = match why {
-            RelayError::Transaction(m) if m.starts_with("fenced") => {
+            RelayError::Transaction(m) if m.starts_with("fenced") || m.contains("Fatal") => {
                 // Counted where it was found; a fenced producer cannot abort either.
                 return;
             }

@@ -30,6 +30,8 @@ use crate::source::{EventBatch, SourceEvent};
 
 /// Pause before a refused dead-letter write is sent again.
 const DEAD_LETTER_RETRY: Duration = Duration::from_secs(1);
+/// Exactly-once: how often a due transaction looks again for its last Commit.
+const DUE_RECHECK: Duration = Duration::from_millis(2);
 /// How often the sink looks for failed deliveries while no events arrive.
 const FAILURE_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -66,8 +68,14 @@ impl Sink {
     ) -> Result<(), RelayError> {
         let mut failure_check = tokio::time::interval(FAILURE_CHECK_INTERVAL);
         let outcome = loop {
-            // Exactly-once: wake when the open transaction is due by age too.
-            let due = self.transaction_due_in().unwrap_or(FAILURE_CHECK_INTERVAL);
+            // Exactly-once: wake when the open transaction is due by age too, and while it
+            // is due but its last PostgreSQL transaction's Commit has not been read, look
+            // again soon (the Commit may come without more events to wake the sink).
+            let due = match self.transaction_due_in() {
+                Some(left) if left.is_zero() => DUE_RECHECK,
+                Some(left) => left,
+                None => FAILURE_CHECK_INTERVAL,
+            };
             let step = tokio::select! {
                 batch = events.recv() => match batch {
                     Some(batch) => match self.handle_reports(&shutdown).await {
@@ -278,6 +286,9 @@ impl Sink {
                 let held = Hold::refused_at_send(&record.topic, &error, in_flight);
                 self.hold_refused(Some(held), shutdown).await
             }
+            Action::Retry | Action::Stop if self.exactly_once.is_some() => {
+                Err(super::exactly_once::publish_failure(error))
+            }
             Action::Retry | Action::Stop => Err(error.into()),
         }
     }
@@ -456,6 +467,10 @@ impl Sink {
             };
             match sent {
                 Ok(()) => return Ok(()),
+                // A fenced or failed transactional producer can write nothing more.
+                Err(e) if self.exactly_once.is_some() && super::exactly_once::is_fatal(&e) => {
+                    return Err(super::exactly_once::publish_failure(e));
+                }
                 Err(e) => {
                     let delay = backoff.next_delay();
                     warn!(dlq = %dead.topic, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot write the dead-letter topic; retrying");
