@@ -21,6 +21,7 @@ BATCH=${BATCH:-1000}                   # rows per backlog transaction
 STALL_SECONDS=${STALL_SECONDS:-120}    # give up when a slot stops advancing this long
 RSS_TARGET_MIB=64
 RATIO_TARGET=0.90
+EOS_RATIO_TARGET=0.80                  # exactly-once rows/s over at-least-once rows/s
 DB=bench
 RELAY=target/release/outbox-relay
 
@@ -135,6 +136,7 @@ write_backlog() {
   START_LSN=$(psql_value "$DB" \
     "SELECT lsn FROM pg_create_logical_replication_slot('bench_relay', 'pgoutput')")
   psql_value "$DB" "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null
+  psql_value "$DB" "SELECT pg_create_logical_replication_slot('bench_eos', 'pgoutput')" >/dev/null
 
   # One transaction per BATCH rows, committed inside a procedure (PG 11+), so a million rows
   # take one round trip instead of a thousand psql runs.
@@ -240,12 +242,17 @@ measure_until_confirmed() {
   ELAPSED=$(since "$t0")
 }
 
+# relay_run SLOT [KAFKA_LINES]: drains SLOT with the relay; KAFKA_LINES go into [kafka]
+# (delivery = "exactly_once" for the exactly-once run). Each run publishes to topics of
+# its own (a prefix per slot), so the two runs never share partitions.
 relay_run() {
-  local config="$WORK/relay.toml" log="$WORK/relay.log"
+  local slot=$1 kafka_lines=${2:-}
+  local config="$WORK/$slot.toml" log="$WORK/$slot.log"
+  ADMIN_PORT=$(free_port)
   cat >"$config" <<TOML
 [source]
 url = "postgres://postgres@127.0.0.1:${PG_PORT}/${DB}"
-slot = "bench_relay"
+slot = "$slot"
 publication = "bench_pub"
 tables = ["public.outbox"]
 create_slot = false
@@ -255,8 +262,15 @@ create_publication = false
 bootstrap_servers = "127.0.0.1:${BROKER_PORT}"
 topic_partitions = 3
 topic_replication_factor = 1
+$kafka_lines
+
+[outbox]
+topic = "$slot.outbox.event.\${routedByValue}"
+
+[admin]
+listen = "127.0.0.1:$ADMIN_PORT"
 TOML
-  echo "== relay run: draining slot bench_relay to Kafka (log: $log)"
+  echo "== relay run: draining slot $slot to Kafka${kafka_lines:+ ($kafka_lines)} (log: $log)"
   local jiffies0 broker_cpu0 t0 pid walsender
   read -r -a jiffies0 < <(machine_jiffies)
   broker_cpu0=$(cpu_seconds "$BROKER_PID")
@@ -264,16 +278,20 @@ TOML
   NO_COLOR=1 "$RELAY" run --config "$config" >"$log" 2>&1 &
   pid=$!
   services_track "$pid"
-  measure_until_confirmed bench_relay "$pid" "$log" "$t0"
+  measure_until_confirmed "$slot" "$pid" "$log" "$t0"
   RELAY_SECONDS=$ELAPSED
   RELAY_SENT=$SENT_ELAPSED
   # VmHWM is the kernel's own peak, catching spikes between our samples.
   proc_status "$pid"
   RELAY_PEAK_KB=$((PROC_HWM_KB > PEAK_RSS_KB ? PROC_HWM_KB : PEAK_RSS_KB))
-  walsender=$(walsender_pid bench_relay)
+  walsender=$(walsender_pid "$slot")
   RELAY_CPU=$(cpu_report "${jiffies0[@]}" relay "$(cpu_seconds "$pid")" \
     walsender "$(cpu_seconds "$walsender")" \
     kafka "$(awk -v a="$broker_cpu0" -v b="$(cpu_seconds "$BROKER_PID")" 'BEGIN { print b - a }')")
+  if [[ $kafka_lines == *exactly_once* ]]; then
+    curl -fsS "http://127.0.0.1:$ADMIN_PORT/metrics" |
+      awk '/^outbox_relay_kafka_transaction(s|_commit_seconds)_(sum|count|committed_total|aborted_total)/ { printf "   %s %s\n", $1, $2 }'
+  fi
   kill -TERM "$pid"
   local rc=0
   wait "$pid" || rc=$?
@@ -307,21 +325,26 @@ recv_run() {
 
 print_report() {
   awk -v rows="$ROWS" -v rs="$RELAY_SECONDS" -v cs="$RECV_SECONDS" -v kb="$RELAY_PEAK_KB" \
+      -v es="$EOS_SECONDS" -v ekb="$EOS_PEAK_KB" -v eos_target="$EOS_RATIO_TARGET" \
       -v rss_target="$RSS_TARGET_MIB" -v ratio_target="$RATIO_TARGET" '
     BEGIN {
       relay = rows / rs; recv = rows / cs; mib = kb / 1024
+      eos = rows / es; emib = ekb / 1024
       printf "\n"
-      printf "%-21s %d\n", "backlog rows", rows
-      printf "%-21s %-7d (%.1f s)   peak RSS %.0f MiB\n", "relay rows/s", relay, rs, mib
-      printf "%-21s %-7d (%.1f s)\n", "pg_recvlogical rows/s", recv, cs
-      printf "%-21s %-7.2f (target >= %.2f)\n", "ratio relay/recv", relay / recv, ratio_target
-      printf "%-21s < %d MiB: %s\n", "peak RSS target", rss_target,
-        mib < rss_target ? "PASS" : "FAIL"
+      printf "%-27s %d\n", "backlog rows", rows
+      printf "%-27s %-7d (%.1f s)   peak RSS %.0f MiB\n", "relay rows/s (at-least-once)", relay, rs, mib
+      printf "%-27s %-7d (%.1f s)   peak RSS %.0f MiB\n", "relay rows/s (exactly-once)", eos, es, emib
+      printf "%-27s %-7d (%.1f s)\n", "pg_recvlogical rows/s", recv, cs
+      printf "%-27s %-7.2f (target >= %.2f)\n", "ratio relay/recv", relay / recv, ratio_target
+      printf "%-27s %-7.2f (target >= %.2f)\n", "ratio exactly/at-least-once", eos / relay, eos_target
+      printf "%-27s < %d MiB: %s\n", "peak RSS target", rss_target,
+        (mib < rss_target && emib < rss_target) ? "PASS" : "FAIL"
     }'
   echo
   printf 'walsender had sent the whole backlog after: relay run %.1f s, ' "$RELAY_SENT"
-  printf 'pg_recvlogical run %.1f s\n' "$RECV_SENT"
+  printf 'exactly-once run %.1f s, pg_recvlogical run %.1f s\n' "$EOS_SENT" "$RECV_SENT"
   echo "CPU during the relay run:          $RELAY_CPU"
+  echo "CPU during the exactly-once run:   $EOS_CPU"
   echo "CPU during the pg_recvlogical run: $RECV_CPU"
 }
 
@@ -337,7 +360,9 @@ main() {
 
   write_backlog
   poll_session_start
-  relay_run
+  relay_run bench_eos 'delivery = "exactly_once"'
+  EOS_SECONDS=$RELAY_SECONDS EOS_SENT=$RELAY_SENT EOS_PEAK_KB=$RELAY_PEAK_KB EOS_CPU=$RELAY_CPU
+  relay_run bench_relay
   recv_run
   print_report
 }

@@ -72,6 +72,8 @@ const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const PARTITIONS_SERVED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`EventProducer::failed`] looks again when nothing wakes it.
 const FAILURE_POLL: Duration = Duration::from_millis(200);
+/// How often a transaction's flush looks again when no delivery report wakes it.
+const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// How long to wait for a delivery report before retrying a send the queue refused.
 const QUEUE_FULL_WAIT: Duration = Duration::from_millis(50);
 
@@ -522,8 +524,22 @@ impl EventProducer {
     /// Waits for every record of the open transaction to be reported, so that
     /// [`EventProducer::check_failures`] and the refused and unconfirmed queues are final
     /// before it commits.
+    ///
+    /// Not rdkafka's `flush`: that polls for delivery reports in slices of 100 ms while the
+    /// producer's own thread serves them, so it returns tens of milliseconds after the
+    /// last one, on every commit. This asks librdkafka to send what lingers now, then
+    /// waits on the reports themselves.
     pub async fn flush_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
-        self.transactional(move |p| p.flush(timeout)).await
+        let deadline = tokio::time::Instant::now() + timeout;
+        // A zero timeout only wakes the broker threads ("flushing": linger ends now).
+        let _ = self.producer.flush(Duration::ZERO);
+        while self.producer.in_flight_count() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut));
+            }
+            self.wait_report(FLUSH_POLL).await;
+        }
+        Ok(())
     }
 
     pub async fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {

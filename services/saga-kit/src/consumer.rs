@@ -197,6 +197,10 @@ pub async fn run<H: Handler>(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "100")
         .set("reconnect.backoff.max.ms", "1000")
+        // Only committed records: with a relay in exactly-once mode, the rows of a Kafka
+        // transaction it aborted (a crash, a fenced replica) are never applied. Set
+        // explicitly: it is librdkafka's default, but not the Java client's.
+        .set("isolation.level", "read_committed")
         .create_with_context(context)?;
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
