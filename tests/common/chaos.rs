@@ -214,6 +214,15 @@ pub fn with_source_settings(config: &Path, lines: &str) -> PathBuf {
     config.to_owned()
 }
 
+/// `config` with `key = value` lines added under `[kafka]` (`extra` of [`config_text`]
+/// lands after `[outbox]`, so keys of `[kafka]` must go here).
+pub fn with_kafka_settings(config: &Path, lines: &str) -> PathBuf {
+    let text = std::fs::read_to_string(config).expect("relay config");
+    let text = text.replacen("[kafka]\n", &format!("[kafka]\n{lines}\n"), 1);
+    std::fs::write(config, text).expect("relay config");
+    config.to_owned()
+}
+
 /// Waits until `relay` answers `/readyz` with 200.
 pub async fn wait_ready(relay: &RelayProcess, timeout: Duration) {
     wait_for("the relay to be ready", timeout, || {
