@@ -24,7 +24,7 @@ status=0
 # Release build: the figures are meant to be read as production-like. The scenarios run
 # one at a time so their faults and figures do not disturb each other.
 cargo test --release --locked --test chaos --test broker_faults --test source_faults --test kafka_sasl_ssl \
-  --test memory_flat \
+  --test memory_flat --test exactly_once --test exactly_once_basics \
   --test slot_safety -- --include-ignored --nocapture --test-threads=1 \
   >"$LOG" 2>&1 || status=$?
 echo
