@@ -157,7 +157,7 @@ pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(
         EVENTS,
-        "Outbox rows acknowledged by Kafka, by table and topic (a dead-lettered row counts under its dead-letter topic); at 0 from start for each table's fixed topics, and with the table label alone for a table routed per row"
+        "Outbox rows acknowledged by Kafka, by table and topic (a dead-lettered row counts under its dead-letter topic); at 0 from start for each table's fixed topics, and with the table label alone for a table routed per row; with exactly-once delivery counted when the broker appended the row, so the rows of an aborted transaction count again when published again"
     );
     describe_counter!(
         EVENTS_DEAD_LETTERED,

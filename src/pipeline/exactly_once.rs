@@ -173,6 +173,9 @@ fn transaction_error(step: &str, e: &KafkaError) -> RelayError {
         metrics::counter!(metric::KAFKA_TRANSACTIONS_ABORTED, "reason" => "fenced").increment(1);
         return RelayError::Transaction(format!("fenced by another replica at {step}: {e}"));
     }
+    if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TransactionalIdAuthorizationFailed) {
+        error!(step, error = %e, "Kafka refuses the relay's transactional.id; grant it Write and Describe on the TransactionalId (kafka-acls.sh --add --allow-principal <the relay's principal> --operation Write --operation Describe --transactional-id <kafka.transactional_id>); retrying with backoff");
+    }
     RelayError::Transaction(format!("{step} failed: {e}"))
 }
 
