@@ -85,7 +85,7 @@ impl Sink {
                     None => break Ok(()),
                 },
                 _ = failure_check.tick() => match self.handle_reports(&shutdown).await {
-                    Ok(()) => self.producer.check_failures().map_err(RelayError::from),
+                    Ok(()) => self.delivery_failures(),
                     Err(e) => Err(e),
                 },
                 _ = sleep(due), if self.exactly_once.is_some() => Ok(()),
@@ -118,6 +118,17 @@ impl Sink {
         outcome?;
         self.producer.check_failures()?;
         Ok(())
+    }
+
+    /// The first delivery librdkafka gave up on, as the error the pipeline ends with: in
+    /// exactly-once mode a fenced producer or a failed transaction restarts it (see
+    /// [`super::exactly_once::publish_failure`]).
+    fn delivery_failures(&self) -> Result<(), RelayError> {
+        match self.producer.check_failures() {
+            Ok(()) => Ok(()),
+            Err(e) if self.exactly_once.is_some() => Err(super::exactly_once::publish_failure(e)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Exactly-once, between batches and on the timer: start the transactions once the
