@@ -4,7 +4,11 @@
 //! - the replication connection ends (walsender terminated, TCP cut, stalled past
 //!   `wal_sender_timeout`) while the relay is blocked on a frozen broker with a full
 //!   pipeline: the relay must reconnect by itself once the broker is back, deliver every
-//!   row and move the slot to the end (it used to hang forever);
+//!   row and move the slot to the end (it used to hang forever). In exactly-once mode the
+//!   same faults meet a Kafka transaction whose commit waits on the frozen broker (or,
+//!   with long transactions, one still open that holds a full producer queue); the relay
+//!   restarts its whole pipeline, and a read_committed consumer must also see no row
+//!   twice;
 //! - the database is restored from a copy taken earlier while the relay runs: every row
 //!   written after the restore must be published (they used to be skipped silently);
 //! - two replicas, the active one paused until its walsender ends, the other takes over,
@@ -18,13 +22,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::chaos::{wait_ready, Figures, Stage};
+use common::chaos::{eventful_lines, wait_ready, Figures, Stage};
 use common::kafka::{Broker, ReceivedRecord};
 use common::pg::{PgCluster, PgOptions};
 use common::proxy::FaultProxy;
 use common::relay::RelayProcess;
-use common::wait_for;
 use common::workload::write_seq;
+use common::{metric_sum, wait_for};
 
 const BACKLOG: i64 = 100_000;
 /// A small producer queue, so a 100,000-row backlog surely fills the whole pipeline.
@@ -56,9 +60,26 @@ fn append(path: &Path, extra: &str) {
     std::fs::write(path, text).unwrap();
 }
 
-/// Waits until the relay is blocked: the broker is frozen, the producer queue and the
-/// channel are full, and the number of events in flight has stopped growing.
-async fn wait_blocked(relay: &RelayProcess) -> f64 {
+/// Waits until the relay is blocked on the frozen broker with its pipeline full: the
+/// number of events in flight has stopped growing (the broker acknowledges nothing, the
+/// relay takes nothing more). Returns the events in flight and the producer queue's length
+/// then.
+///
+/// At least once, the sink sends until the producer queue is full, and then the channel
+/// fills: more than 10,000 events in flight, the queue full. Exactly once, with the
+/// default transaction settings the sink stops much earlier: the first Kafka transaction
+/// of the backlog is due after 100 ms with its first rows only (the producer queue held
+/// 21 records in every run), its commit waits on the frozen broker (up to 60 s), and the
+/// sink takes nothing more from the channel; how many events are in flight then depends
+/// on how the source batched the rows that came while the backlog was being written (some
+/// thousand, seen from 4,900 to 12,100). `full_queue` waits for the queue full, as at
+/// least once, or as exactly once with long transactions.
+async fn wait_blocked(relay: &RelayProcess, full_queue: bool) -> (f64, f64) {
+    let (min_in_flight, min_queued) = if full_queue {
+        (10_000.0, 10_000.0)
+    } else {
+        (0.0, 0.0)
+    };
     let mut last = -1.0;
     let mut steady_since = Instant::now();
     wait_for(
@@ -72,10 +93,10 @@ async fn wait_blocked(relay: &RelayProcess) -> f64 {
                 last = in_flight;
                 steady_since = Instant::now();
             }
-            let blocked = queued >= 10_000.0
-                && in_flight > 10_000.0
+            let blocked = queued >= min_queued
+                && in_flight > min_in_flight
                 && steady_since.elapsed() > Duration::from_secs(2);
-            async move { blocked.then_some(in_flight) }
+            async move { blocked.then_some((in_flight, queued)) }
         },
     )
     .await
@@ -109,7 +130,50 @@ enum Fault {
     Stall,
 }
 
-async fn backpressure_then(fault: Fault, name: &str) {
+/// Kafka transactions of a relay in exactly-once mode, as `/metrics` counts them.
+const COMMITTED: &str = "outbox_relay_kafka_transactions_committed_total";
+const ABORTED: &str = "outbox_relay_kafka_transactions_aborted_total";
+
+/// How the relay under test delivers, for [`backpressure_then`].
+#[derive(Debug, Clone, Copy)]
+struct Mode {
+    /// `[kafka]` lines: the delivery mode and its settings.
+    kafka_settings: &'static str,
+    /// Whether the relay fills its producer queue before it blocks (see [`wait_blocked`]).
+    full_queue: bool,
+    /// How the scenario's figures line names the mode ("" for the default).
+    label: &'static str,
+}
+
+/// At least once (the default): the producer queue fills.
+const AT_LEAST_ONCE: Mode = Mode {
+    kafka_settings: "",
+    full_queue: true,
+    label: "",
+};
+
+/// Exactly once with the default transaction settings: the fault meets a commit that
+/// waits on the frozen broker.
+const EXACTLY_ONCE: Mode = Mode {
+    kafka_settings: "delivery = \"exactly_once\"",
+    full_queue: false,
+    label: ", exactly once",
+};
+
+/// Exactly once with transactions of up to 10 s (100 s while a backlog streams): the
+/// fault meets an open Kafka transaction that holds a full producer queue and has not
+/// begun to commit.
+const EXACTLY_ONCE_LONG_TRANSACTIONS: Mode = Mode {
+    kafka_settings: "delivery = \"exactly_once\"\ntransaction_max_ms = 10000",
+    full_queue: true,
+    label: ", exactly once, open transaction",
+};
+
+/// The broker frozen, the pipeline full, then `fault` on the replication connection; the
+/// broker thawed 2 s later. Returns the figures (reported: nothing lost) and the relay's
+/// log, for the caller to check duplicates against.
+async fn backpressure_then(fault: Fault, name: &str, mode: Mode) -> (Figures, String) {
+    let scenario = format!("backpressure + {fault:?}{}", mode.label);
     let cluster = PgCluster::shared(); // wal_sender_timeout = 5s
                                        // Its own broker: it is frozen.
     let broker = tokio::task::block_in_place(Broker::start);
@@ -122,6 +186,7 @@ async fn backpressure_then(fault: Fault, name: &str) {
         Fault::Cut | Fault::Stall => proxy.address(),
     };
     let config = stage.config("relay.toml", &pg, &broker.bootstrap());
+    common::chaos::with_kafka_settings(&config, mode.kafka_settings);
     append(&config, SMALL_QUEUE);
     let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
@@ -133,7 +198,7 @@ async fn backpressure_then(fault: Fault, name: &str) {
 
     broker.freeze();
     write_small_transactions(&stage.admin, 1_000, BACKLOG).await;
-    let in_flight = wait_blocked(&relay).await;
+    let (in_flight, queued) = wait_blocked(&relay, mode.full_queue).await;
     let faulted = Instant::now();
     match fault {
         Fault::Terminate => {
@@ -178,27 +243,103 @@ async fn backpressure_then(fault: Fault, name: &str) {
     stage.tally(&mut figures, &broker, BACKLOG).await;
     figures.sample_rss(&relay);
     assert!(relay.is_running(), "rode out the fault:\n{}", relay.log());
+    let (_, metrics) = relay.admin_get("/metrics");
+    let transactions = if metric_sum(&metrics, COMMITTED) + metric_sum(&metrics, ABORTED) > 0.0 {
+        format!(
+            "; kafka transactions committed {} aborted {}",
+            metric_sum(&metrics, COMMITTED),
+            metric_sum(&metrics, ABORTED)
+        )
+    } else {
+        String::new()
+    };
     figures.extra = format!(
-        "{:.0} events in flight when {fault:?} hit; {:.1} s fault to thaw",
-        in_flight,
+        "{in_flight:.0} events in flight ({queued:.0} in the producer queue) when {fault:?} hit; \
+         {:.1} s fault to thaw{transactions}",
         faulted.elapsed().as_secs_f64() - thawed.elapsed().as_secs_f64()
     );
-    figures.report(&format!("backpressure + {fault:?}"));
+    figures.report(&scenario);
+    (figures, relay.log())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_walsender_terminated_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs() {
-    backpressure_then(Fault::Terminate, "bp_terminate").await;
+    backpressure_then(Fault::Terminate, "bp_terminate", AT_LEAST_ONCE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_cut_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs() {
-    backpressure_then(Fault::Cut, "bp_cut").await;
+    backpressure_then(Fault::Cut, "bp_cut", AT_LEAST_ONCE).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_stalled_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs() {
-    backpressure_then(Fault::Stall, "bp_stall").await;
+    backpressure_then(Fault::Stall, "bp_stall", AT_LEAST_ONCE).await;
+}
+
+/// [`backpressure_then`] in exactly-once mode, where the fault meets a Kafka transaction
+/// the frozen broker holds up (its commit waiting, or its records queued): the lost
+/// connection restarts the whole pipeline, which aborts that transaction (the abort and
+/// the next `init_transactions` each wait up to 60 s for the broker) or, when the broker
+/// answers in time, commits what is whole, before the slot sends its rows again. Nothing
+/// may hang or be lost, and a read_committed consumer must see no row twice: an aborted
+/// transaction stays invisible, and what committed before the restart is skipped by the
+/// committed progress when the slot sends it again.
+async fn backpressure_then_exactly_once(fault: Fault, name: &str, mode: Mode) {
+    let (figures, log) = backpressure_then(fault, name, mode).await;
+    let scenario = format!("backpressure + {fault:?}{}", mode.label);
+    println!(
+        "{scenario}: the relay's eventful log lines:\n{}",
+        eventful_lines(&log)
+    );
+    assert_eq!(
+        figures.duplicates, 0,
+        "{scenario}: a read_committed consumer saw rows twice (the seqs and the relay's \
+         eventful log lines are printed above)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walsender_terminated_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs_in_exactly_once_mode(
+) {
+    backpressure_then_exactly_once(Fault::Terminate, "bp_terminate_eos", EXACTLY_ONCE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs_in_exactly_once_mode(
+) {
+    backpressure_then_exactly_once(Fault::Cut, "bp_cut_eos", EXACTLY_ONCE).await;
+}
+
+/// The slowest of them: the broker stays frozen until the server ends the stalled
+/// walsender (about 13 s, past the broker's `broker.session.timeout.ms`), and in three of
+/// five runs the commit waiting since the freeze delivered nothing after the thaw until its
+/// 60 s bound ran out (recovery about 65 s, the test about 100 s; 8 to 17 s otherwise).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_stalled_while_blocked_on_a_frozen_broker_loses_nothing_and_never_hangs_in_exactly_once_mode(
+) {
+    backpressure_then_exactly_once(Fault::Stall, "bp_stall_eos", EXACTLY_ONCE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_walsender_terminated_inside_an_open_transaction_on_a_frozen_broker_in_exactly_once_mode()
+{
+    backpressure_then_exactly_once(
+        Fault::Terminate,
+        "bp_terminate_eos_open",
+        EXACTLY_ONCE_LONG_TRANSACTIONS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_cut_inside_an_open_transaction_on_a_frozen_broker_in_exactly_once_mode() {
+    backpressure_then_exactly_once(
+        Fault::Cut,
+        "bp_cut_eos_open",
+        EXACTLY_ONCE_LONG_TRANSACTIONS,
+    )
+    .await;
 }
 
 /// `cp -a from to` (keeps the postgres owner and modes).

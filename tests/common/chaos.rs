@@ -223,6 +223,34 @@ pub fn with_kafka_settings(config: &Path, lines: &str) -> PathBuf {
     config.to_owned()
 }
 
+/// The relay's log lines that tell what it did about a fault: warnings, errors, each
+/// (re)connection, each resume from committed progress. A run of lines that differ only
+/// in their timestamp (a delivery error per record purged by an abort) shows as its first
+/// line and a count. For the report of a scenario that went wrong: the relay's log is
+/// long, and the story of a fault is in these.
+pub fn eventful_lines(log: &str) -> String {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    let text_of = |line: &str| line.split_once(' ').map_or(line, |(_, t)| t).to_owned();
+    for line in log.lines().filter(|l| {
+        l.contains("WARN")
+            || l.contains("ERROR")
+            || l.contains("starting replication")
+            || l.contains("committed progress")
+    }) {
+        match out.last_mut() {
+            Some((first, n)) if text_of(first) == text_of(line) => *n += 1,
+            _ => out.push((line.to_owned(), 1)),
+        }
+    }
+    out.iter()
+        .map(|(line, n)| match n {
+            1 => line.clone(),
+            n => format!("{line}  (and {} more like it)", n - 1),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Waits until `relay` answers `/readyz` with 200.
 pub async fn wait_ready(relay: &RelayProcess, timeout: Duration) {
     wait_for("the relay to be ready", timeout, || {
