@@ -1,6 +1,7 @@
 //! Acceptance of `kafka.delivery = "exactly_once"` (issue #14): a read_committed consumer
 //! sees each outbox row exactly once, through SIGKILLs, a PostgreSQL transaction cut in
-//! half by a kill, and a frozen replica that wakes up after the other took over.
+//! half by a kill, a frozen replica that wakes up after the other took over, and a broker
+//! stopped or SIGKILLed and started again while a Kafka transaction is open.
 //!
 //! Why these scenarios: at-least-once delivery repeats whatever was sent and not yet
 //! confirmed to PostgreSQL when the relay dies. Exactly-once must (1) skip, after a
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::chaos::{wait_ready, with_kafka_settings, Figures, Stage};
+use common::chaos::{eventful_lines, wait_ready, with_kafka_settings, Figures, Stage};
 use common::kafka::Broker;
 use common::pg::PgCluster;
 use common::relay::RelayProcess;
@@ -659,4 +660,179 @@ async fn a_frozen_replica_that_wakes_up_after_a_takeover_publishes_nothing() {
         figures.duplicates, 0,
         "the frozen replica's records became visible; A's log:\n{a_log}"
     );
+}
+
+const PIPELINE_RESTARTS: &str = "outbox_relay_pipeline_restarts_total";
+
+/// Each partition's high watermark as a read_uncommitted client is told: past every record
+/// written, those of open transactions included.
+fn high_watermarks(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = broker
+        .client_config()
+        .set("isolation.level", "read_uncommitted")
+        .create()
+        .expect("offsets client");
+    partitions(&consumer, topic)
+        .into_iter()
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .expect("list offsets");
+            (p, high)
+        })
+        .collect()
+}
+
+/// Records on `topic` past its last stable offsets: those of the open Kafka transaction
+/// (0 when none is open, or it has sent nothing yet).
+fn open_transaction_records(broker: &Broker, topic: &str) -> i64 {
+    let lso = last_stable_offsets(broker, topic);
+    high_watermarks(broker, topic)
+        .iter()
+        .map(|(partition, high)| high - lso[partition])
+        .sum()
+}
+
+/// How the broker goes down in [`broker_restart_mid_backlog`].
+#[derive(Debug, Clone, Copy)]
+enum Down {
+    /// SIGTERM: a controlled shutdown, logs flushed, the transaction coordinator's state
+    /// written.
+    Stop,
+    /// SIGKILL: no shutdown at all; what it acknowledged is in the page cache.
+    Kill,
+}
+
+/// A relay in `delivery` mode (`[kafka]` lines) drains a 100,000-row backlog (transactions
+/// of 1 to 1,000 rows) from its own broker, which goes `down` and is started again on the
+/// same log dirs while the relay is mid-backlog with a Kafka transaction open: records of
+/// it are on the broker, past the last stable offset. Returns the figures (not reported)
+/// and the relay's log.
+///
+/// A broker restart is the fault that meets every part of a transaction at once: its
+/// records in flight, the transaction coordinator that must abort or commit it (rebuilt
+/// from `__transaction_state` after the restart), the partition leaders, and the
+/// producer's id and epoch the broker must accept again. The relay either commits the
+/// transaction once the broker is back or aborts it and restarts its pipeline, and the
+/// slot sends its rows again: either way a read_committed consumer must see each row once.
+async fn broker_restart_mid_backlog(name: &str, down: Down, delivery: &str) -> (Figures, String) {
+    const TOTAL: i64 = 100_000;
+    /// Events the relay has published (delivered, committed or not) before the restart.
+    const BEFORE_THE_RESTART: f64 = 20_000.0;
+    let cluster = PgCluster::shared();
+    // Its own broker: it is restarted.
+    let broker = tokio::task::block_in_place(Broker::start);
+    let stage = Stage::new(cluster, name).await;
+    // Ours, so its offsets can be read before the relay publishes.
+    broker.create_topic(&stage.topic, 3).await;
+    let config = stage.config("relay.toml", &pg_address(cluster), &broker.bootstrap());
+    with_kafka_settings(&config, delivery);
+    // The slot first, then the backlog while no relay runs.
+    let mut relay = stage.start(&config);
+    relay.wait_streaming(&stage.admin, &stage.slot).await;
+    let status = relay.terminate();
+    assert!(status.success(), "the first relay stopped: {status}");
+    let mut rng = Rng(0xB20C_E125);
+    let transactions = write_backlog(&stage.admin, TOTAL, &mut rng).await;
+    let end = common::marker(&stage.admin).await;
+
+    let mut relay = stage.start(&config);
+    // At least once, nothing is transactional: only mid-backlog is waited for.
+    let transactional = delivery == EXACTLY_ONCE;
+    let (page, open_records) = wait_for(
+        "the relay to be mid-backlog with a Kafka transaction open",
+        Duration::from_secs(120),
+        || {
+            if !relay.is_running() {
+                panic!("the relay exited:\n{}", relay.log());
+            }
+            let page =
+                metrics(&relay).filter(|page| metric_sum(page, EVENTS) >= BEFORE_THE_RESTART);
+            let (broker, topic) = (&broker, &stage.topic);
+            let (admin, slot) = (&stage.admin, &stage.slot);
+            async move {
+                let page = page?;
+                assert!(
+                    confirmed_flush(admin, slot).await < end,
+                    "the backlog drained before the restart"
+                );
+                if !transactional {
+                    return Some((page, 0));
+                }
+                let open = tokio::task::block_in_place(|| open_transaction_records(broker, topic));
+                (open > 0).then_some((page, open))
+            }
+        },
+    )
+    .await;
+    // A transaction that commits between the look and the restart is followed by the next
+    // one at once: the restart still meets an open transaction mid-backlog.
+    let mut figures = Figures::default();
+    figures.sample_rss(&relay);
+    let went_down = Instant::now();
+    tokio::task::block_in_place(|| {
+        match down {
+            Down::Stop => broker.stop(),
+            Down::Kill => broker.kill(),
+        }
+        broker.restart();
+    });
+    let came_back = Instant::now();
+    let down_for = came_back - went_down;
+    stage.fault_ended_at(&mut figures, came_back).await;
+    stage.tally(&mut figures, &broker, TOTAL).await;
+    figures.sample_rss(&relay);
+    assert!(relay.is_running(), "rode out the restart:\n{}", relay.log());
+    let after = relay.admin_get("/metrics").1;
+    figures.extra = format!(
+        "{delivery}; {transactions} source transactions; at the restart: {} events published, \
+         {} in flight, {open_records} records of the open Kafka transaction on the broker; \
+         broker down {:.1} s; kafka transactions committed {} aborted {}, pipeline restarts {}, \
+         already published (skipped) {}",
+        metric_sum(&page, EVENTS) as u64,
+        metric_sum(&page, IN_FLIGHT) as u64,
+        down_for.as_secs_f64(),
+        metric_sum(&after, COMMITTED) as u64,
+        metric_sum(&after, ABORTED) as u64,
+        metric_sum(&after, PIPELINE_RESTARTS) as u64,
+        metric_sum(&after, ALREADY_PUBLISHED) as u64,
+    );
+    (figures, relay.log())
+}
+
+/// [`broker_restart_mid_backlog`] in exactly-once mode: nothing lost, nothing repeated.
+async fn broker_restart_mid_backlog_exactly_once(name: &str, down: Down, scenario: &str) {
+    let (figures, log) = broker_restart_mid_backlog(name, down, EXACTLY_ONCE).await;
+    println!(
+        "{scenario}: the relay's eventful log lines:\n{}",
+        eventful_lines(&log)
+    );
+    figures.report(scenario);
+    assert_eq!(
+        figures.duplicates, 0,
+        "{scenario}: a read_committed consumer saw rows twice (the seqs and the relay's \
+         eventful log lines are printed above)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stopped_and_restarted_inside_an_open_transaction_loses_nothing_and_repeats_nothing(
+) {
+    broker_restart_mid_backlog_exactly_once(
+        "eos_brokerstop",
+        Down::Stop,
+        "broker restart (SIGTERM), exactly once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_and_restarted_inside_an_open_transaction_loses_nothing_and_repeats_nothing(
+) {
+    broker_restart_mid_backlog_exactly_once(
+        "eos_brokerkill",
+        Down::Kill,
+        "broker restart (SIGKILL), exactly once",
+    )
+    .await;
 }
