@@ -72,6 +72,10 @@ const TOPIC_METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 const PARTITIONS_SERVED_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`EventProducer::failed`] looks again when nothing wakes it.
 const FAILURE_POLL: Duration = Duration::from_millis(200);
+/// How long a transactional producer with a full queue may go without a delivery report
+/// before it is given up on (see [`EventProducer::transactional_stalled`]). Longer than a
+/// broker restart takes (7 to 18 s in the fault suite).
+const TRANSACTIONAL_STALL_LIMIT: Duration = Duration::from_secs(30);
 /// How often a transaction's flush looks again when no delivery report wakes it.
 const FLUSH_POLL: Duration = Duration::from_millis(5);
 /// How long to wait for a delivery report before retrying a send the queue refused.
@@ -453,6 +457,13 @@ impl EventProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
                     opaque = refused.delivery_opaque;
+                    if self.transactional_stalled() {
+                        let error = PublishError::Produce {
+                            topic: record.topic.to_string(),
+                            source: KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull),
+                        };
+                        return Err((error, take_in_flight(*opaque)));
+                    }
                     self.wait_report(QUEUE_FULL_WAIT).await;
                 }
                 Err((e, refused)) => {
@@ -497,6 +508,23 @@ impl EventProducer {
                 }
             }
         }
+    }
+
+    /// A transactional producer whose queue is full and that has had no delivery report
+    /// for [`TRANSACTIONAL_STALL_LIMIT`]: given up on, so that the pipeline restarts with
+    /// a new one (the transaction is aborted; the slot sends its rows again).
+    ///
+    /// After a broker pause longer than `broker.session.timeout.ms` the cluster fences its
+    /// broker, and librdkafka drops it while the transaction coordinator still holds it:
+    /// the broker is then neither usable nor gone, so the re-bootstrap watchdog (see
+    /// [`super::rebootstrap`]) never fires, and the queue never drains. The fault suite
+    /// hung on it. A producer that is not transactional recovers by itself there, and
+    /// waits without a limit, as its backpressure should.
+    fn transactional_stalled(&self) -> bool {
+        let context = self.producer.context();
+        let silent_ms =
+            unix_millis().saturating_sub(context.last_report_ms.load(Ordering::Relaxed));
+        !context.acknowledge_on_delivery && silent_ms > TRANSACTIONAL_STALL_LIMIT.as_millis() as u64
     }
 
     /// Runs one blocking transactional call of librdkafka on a blocking thread.

@@ -43,6 +43,9 @@ use crate::source::SourceEvent;
 
 /// Bound on `init_transactions`, a commit and an abort (each waits for the coordinator).
 const TRANSACTION_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on an abort: it only frees the partitions' last stable offset sooner, since the
+/// next producer of the id aborts the transaction anyway.
+const ABORT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bound on reading the last progress back.
 const PROGRESS_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Rows remembered as refused by the broker (see [`Refusals`]); a relay that meets more
@@ -414,11 +417,7 @@ impl Sink {
     async fn abort_now(&mut self, reason: &'static str, why: &str) {
         warn!(reason, why, "aborting the Kafka transaction; nothing of it is visible or acknowledged, and the slot sends its rows again");
         metrics::counter!(metric::KAFKA_TRANSACTIONS_ABORTED, "reason" => reason).increment(1);
-        if let Err(e) = self
-            .producer
-            .abort_transaction(TRANSACTION_CALL_TIMEOUT)
-            .await
-        {
+        if let Err(e) = self.producer.abort_transaction(ABORT_TIMEOUT).await {
             warn!(error = %e, "abort_transaction failed; the broker aborts the transaction when the next producer of this id starts, or at transaction.timeout.ms");
         }
     }

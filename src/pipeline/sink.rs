@@ -108,6 +108,12 @@ impl Sink {
             let ended = self
                 .end_transactions(outcome.is_err() || self.table_held)
                 .await;
+            // A producer stuck on a broker librdkafka cannot let go of can block in its
+            // destructor: dropped on a thread of its own, it never holds up the restart.
+            let Sink { producer, .. } = self;
+            let _ = std::thread::Builder::new()
+                .name("producer-drop".into())
+                .spawn(move || drop(producer));
             outcome?;
             return ended;
         }
@@ -478,8 +484,10 @@ impl Sink {
             };
             match sent {
                 Ok(()) => return Ok(()),
-                // A fenced or failed transactional producer can write nothing more.
-                Err(e) if self.exactly_once.is_some() && super::exactly_once::is_fatal(&e) => {
+                // Exactly-once: the transaction cannot commit without it; the pipeline
+                // restarts and the slot sends the row again (a fenced or stalled producer
+                // could write nothing more anyway).
+                Err(e) if self.exactly_once.is_some() => {
                     return Err(super::exactly_once::publish_failure(e));
                 }
                 Err(e) => {
