@@ -20,8 +20,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,8 +27,8 @@ use std::time::{Duration, Instant};
 use common::chaos::{eventful_lines, wait_ready, with_kafka_settings, Figures, Stage};
 use common::kafka::Broker;
 use common::pg::PgCluster;
-use common::relay::RelayProcess;
-use common::workload::write_seq;
+use common::relay::{append_config, signal, RelayProcess};
+use common::workload::{seq_of_payload, write_seq};
 use common::{confirmed_flush, metric_sum, wait_for, Rng};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -50,20 +48,6 @@ fn pg_address(cluster: &PgCluster) -> String {
     format!("127.0.0.1:{}", cluster.port())
 }
 
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Appends `extra` (a table such as `[kafka.properties]`) to the relay config at `path`.
-fn append(path: &Path, extra: &str) {
-    let text = std::fs::read_to_string(path).unwrap() + extra;
-    std::fs::write(path, text).unwrap();
-}
-
 /// The relay's `/metrics` page, or `None` while its admin endpoint is not up.
 fn metrics(relay: &RelayProcess) -> Option<String> {
     relay
@@ -71,15 +55,6 @@ fn metrics(relay: &RelayProcess) -> Option<String> {
         .ok()
         .filter(|(status, _)| *status == 200)
         .map(|(_, body)| body)
-}
-
-/// The `n` of a `{"seq": n}` payload.
-fn seq_of_payload(payload: &[u8]) -> i64 {
-    let text = std::str::from_utf8(payload).expect("utf-8 payload");
-    text.trim_start_matches("{\"seq\": ")
-        .trim_end_matches('}')
-        .parse()
-        .unwrap_or_else(|_| panic!("a {{\"seq\": n}} payload: {text}"))
 }
 
 /// Commits seqs `0..total` (key `k<n % 50>`) in transactions of 1 to 1,000 rows drawn
@@ -311,24 +286,30 @@ fn partitions(consumer: &BaseConsumer, topic: &str) -> Vec<i32> {
     topic.partitions().iter().map(|p| p.id()).collect()
 }
 
-/// Each partition's last stable offset: the end offset a read_committed client is told
-/// (librdkafka sends its `isolation.level` with ListOffsets). An open transaction holds it
-/// at the transaction's first record; a commit or an abort moves it past.
-fn last_stable_offsets(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
+/// Each partition's end offset as a client of `isolation` is told (librdkafka sends its
+/// `isolation.level` with ListOffsets): for `read_committed` the last stable offset, which
+/// an open transaction holds at its first record until a commit or an abort moves it past;
+/// for `read_uncommitted` the high watermark, past every record written.
+fn end_offsets(broker: &Broker, topic: &str, isolation: &str) -> BTreeMap<i32, i64> {
     let consumer: BaseConsumer = broker
         .client_config()
-        .set("isolation.level", "read_committed")
+        .set("isolation.level", isolation)
         .create()
         .expect("offsets client");
     partitions(&consumer, topic)
         .into_iter()
         .map(|p| {
-            let (_, lso) = consumer
+            let (_, end) = consumer
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
                 .expect("list offsets");
-            (p, lso)
+            (p, end)
         })
         .collect()
+}
+
+/// Each partition's last stable offset (see [`end_offsets`]).
+fn last_stable_offsets(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
+    end_offsets(broker, topic, "read_committed")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,7 +324,7 @@ async fn a_large_transaction_is_seen_whole_or_not_at_all() {
     with_kafka_settings(&config, EXACTLY_ONCE);
     // A slow producer (at most 1,000 records queued, sent in 100 ms lingers), so the
     // 50,000 rows take seconds to send and the kill surely lands inside the transaction.
-    append(
+    append_config(
         &config,
         "\n[kafka.properties]\n\"queue.buffering.max.messages\" = \"1000\"\n\"linger.ms\" = \"100\"\n",
     );
@@ -664,30 +645,11 @@ async fn a_frozen_replica_that_wakes_up_after_a_takeover_publishes_nothing() {
 
 const PIPELINE_RESTARTS: &str = "outbox_relay_pipeline_restarts_total";
 
-/// Each partition's high watermark as a read_uncommitted client is told: past every record
-/// written, those of open transactions included.
-fn high_watermarks(broker: &Broker, topic: &str) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = broker
-        .client_config()
-        .set("isolation.level", "read_uncommitted")
-        .create()
-        .expect("offsets client");
-    partitions(&consumer, topic)
-        .into_iter()
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(topic, p, Duration::from_secs(10))
-                .expect("list offsets");
-            (p, high)
-        })
-        .collect()
-}
-
 /// Records on `topic` past its last stable offsets: those of the open Kafka transaction
 /// (0 when none is open, or it has sent nothing yet).
 fn open_transaction_records(broker: &Broker, topic: &str) -> i64 {
     let lso = last_stable_offsets(broker, topic);
-    high_watermarks(broker, topic)
+    end_offsets(broker, topic, "read_uncommitted")
         .iter()
         .map(|(partition, high)| high - lso[partition])
         .sum()

@@ -26,7 +26,7 @@ use common::chaos::{eventful_lines, wait_ready, Figures, Stage};
 use common::kafka::{Broker, ReceivedRecord};
 use common::pg::{PgCluster, PgOptions};
 use common::proxy::FaultProxy;
-use common::relay::RelayProcess;
+use common::relay::{append_config, signal, RelayProcess};
 use common::workload::write_seq;
 use common::{metric_sum, wait_for};
 
@@ -44,20 +44,6 @@ fn sample(body: &str, name: &str) -> Option<f64> {
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
-}
-
-fn signal(pid: u32, sig: &str) {
-    let status = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success(), "kill {sig} {pid}");
-}
-
-/// Appends `extra` to the relay config at `path`.
-fn append(path: &Path, extra: &str) {
-    let text = std::fs::read_to_string(path).unwrap() + extra;
-    std::fs::write(path, text).unwrap();
 }
 
 /// Waits until the relay is blocked on the frozen broker with its pipeline full: the
@@ -196,7 +182,7 @@ async fn backpressure_then(fault: Fault, name: &str, mode: Mode) -> (Figures, St
     };
     let config = stage.config("relay.toml", &pg, &broker.bootstrap());
     common::chaos::with_kafka_settings(&config, mode.kafka_settings);
-    append(&config, SMALL_QUEUE);
+    append_config(&config, SMALL_QUEUE);
     let mut relay = stage.start(&config);
     relay.wait_streaming(&stage.admin, &stage.slot).await;
     wait_ready(&relay, Duration::from_secs(60)).await;

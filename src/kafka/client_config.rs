@@ -88,23 +88,29 @@ mod tests {
 
     use super::super::properties::tests::props;
     use super::*;
+    use crate::config::Delivery;
 
-    #[test]
-    fn the_default_partitioner_is_javas_and_yields_to_murmur2() {
-        let kafka = |properties| KafkaConfig {
+    /// A `[kafka]` section on loopback with `delivery` and `properties`.
+    fn kafka_config(delivery: Delivery, properties: BTreeMap<String, String>) -> KafkaConfig {
+        KafkaConfig {
             bootstrap_servers: "127.0.0.1:9092".into(),
             create_topics: true,
             topic_partitions: 1,
             topic_replication_factor: 1,
             topic_config: Default::default(),
             unknown_topic_wait_ms: 1_000,
-            delivery: Default::default(),
+            delivery,
             transactional_id: None,
             transaction_max_events: 1,
             transaction_max_ms: 1,
             progress_topic: "p".into(),
             properties,
-        };
+        }
+    }
+
+    #[test]
+    fn the_default_partitioner_is_javas_and_yields_to_murmur2() {
+        let kafka = |properties| kafka_config(Delivery::AtLeastOnce, properties);
         let config = producer_config(&kafka(BTreeMap::new()), None);
         assert_eq!(config.get("partitioner"), Some("murmur2_random"));
         let config = producer_config(&kafka(props(&[("partitioner", "murmur2")])), None);
@@ -118,20 +124,7 @@ mod tests {
 
     #[test]
     fn a_transactional_producer_gets_its_id_timeout_and_queue() {
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            create_topics: true,
-            topic_partitions: 1,
-            topic_replication_factor: 1,
-            topic_config: Default::default(),
-            unknown_topic_wait_ms: 1_000,
-            delivery: crate::config::Delivery::ExactlyOnce,
-            transactional_id: None,
-            transaction_max_events: 1,
-            transaction_max_ms: 1,
-            progress_topic: "p".into(),
-            properties: BTreeMap::new(),
-        };
+        let kafka = kafka_config(Delivery::ExactlyOnce, BTreeMap::new());
         let config = producer_config(&kafka, Some("outbox-relay.db.slot"));
         assert_eq!(config.get("transactional.id"), Some("outbox-relay.db.slot"));
         assert_eq!(config.get("transaction.timeout.ms"), Some("300000"));
@@ -143,20 +136,10 @@ mod tests {
 
     #[test]
     fn owned_settings_win_and_defaults_yield_to_the_user() {
-        let kafka = KafkaConfig {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            create_topics: true,
-            topic_partitions: 1,
-            topic_replication_factor: 1,
-            topic_config: Default::default(),
-            unknown_topic_wait_ms: 1_000,
-            delivery: Default::default(),
-            transactional_id: None,
-            transaction_max_events: 1,
-            transaction_max_ms: 1,
-            progress_topic: "p".into(),
-            properties: props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
-        };
+        let kafka = kafka_config(
+            Delivery::AtLeastOnce,
+            props(&[("linger.ms", "50"), ("sasl.username", "relay")]),
+        );
         let config = producer_config(&kafka, None);
         assert_eq!(config.get("linger.ms"), Some("50"));
         assert_eq!(config.get("acks"), Some("all"));

@@ -211,8 +211,7 @@ impl ClientContext for DeliveryContext {
         }
         // A broker can look UP while it answers nothing (frozen, partitioned): with records
         // waiting and no delivery report for a while, Kafka is not doing its part.
-        let silent_ms = unix_millis().saturating_sub(self.last_report_ms.load(Ordering::Relaxed));
-        let stalled = stats.msg_cnt > 0 && silent_ms > STALLED_AFTER.as_millis() as u64;
+        let stalled = stats.msg_cnt > 0 && self.silent_ms() > STALLED_AFTER.as_millis() as u64;
         self.health.set_kafka_up(up && !stalled);
         let before = self.connects.swap(connects, Ordering::Relaxed);
         if before > 0 && connects > before {
@@ -323,6 +322,11 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// Milliseconds since the last delivery report.
+    fn silent_ms(&self) -> u64 {
+        unix_millis().saturating_sub(self.last_report_ms.load(Ordering::Relaxed))
+    }
+
     fn count_delivery(&self, event: &SourceEvent, topic: &str) {
         let commit_unix_micros = event.transaction.commit_ts_micros + POSTGRES_EPOCH_OFFSET_MICROS;
         let now_unix_micros = postgres_now_micros() + POSTGRES_EPOCH_OFFSET_MICROS;
@@ -522,9 +526,8 @@ impl EventProducer {
     /// waits without a limit, as its backpressure should.
     fn transactional_stalled(&self) -> bool {
         let context = self.producer.context();
-        let silent_ms =
-            unix_millis().saturating_sub(context.last_report_ms.load(Ordering::Relaxed));
-        !context.acknowledge_on_delivery && silent_ms > TRANSACTIONAL_STALL_LIMIT.as_millis() as u64
+        !context.acknowledge_on_delivery
+            && context.silent_ms() > TRANSACTIONAL_STALL_LIMIT.as_millis() as u64
     }
 
     /// Runs one blocking transactional call of librdkafka on a blocking thread.

@@ -208,7 +208,14 @@ impl Drop for RelayProcess {
     }
 }
 
-fn signal(pid: u32, sig: &str) {
+/// Appends `extra` (e.g. a `[kafka.properties]` table) to the relay config at `path`.
+pub fn append_config(path: &Path, extra: &str) {
+    let text = std::fs::read_to_string(path).expect("relay config") + extra;
+    std::fs::write(path, text).expect("relay config");
+}
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-TERM`, ...) to `pid` with `kill`.
+pub fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(sig)
         .arg(pid.to_string())

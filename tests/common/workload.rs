@@ -138,10 +138,14 @@ pub async fn write_seq(
 
 /// The `n` of a record written by [`write_seq`].
 pub fn seq_of(record: &super::kafka::ReceivedRecord) -> i64 {
-    let payload = String::from_utf8(record.payload.clone().expect("payload")).expect("utf-8");
-    payload
-        .trim_start_matches("{\"seq\": ")
+    seq_of_payload(record.payload.as_deref().expect("payload"))
+}
+
+/// The `n` of a `{"seq": n}` payload.
+pub fn seq_of_payload(payload: &[u8]) -> i64 {
+    let text = std::str::from_utf8(payload).expect("utf-8 payload");
+    text.trim_start_matches("{\"seq\": ")
         .trim_end_matches('}')
         .parse()
-        .expect("a {\"seq\": n} payload")
+        .unwrap_or_else(|_| panic!("a {{\"seq\": n}} payload: {text}"))
 }
