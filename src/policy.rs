@@ -23,7 +23,7 @@
 //! | table: a column the config names is gone from the relation (a migration renamed or dropped it) | hold the stream until the config follows and the relay restarts (`crate::pipeline::sink`) |
 //! | Kafka at send: librdkafka's own size check (`message.max.bytes`), invalid topic; a topic that never existed with `kafka.create_topics = false` (after `kafka.unknown_topic_wait_ms`) | dead-letter |
 //! | Kafka broker: invalid record (e.g. no key for a compacted topic), invalid topic | dead-letter |
-//! | Kafka broker: topic authorization failed, unknown topic or partition (a topic that existed), policy violation, message or batch too large (the local size check passed) | hold the topic, retry with backoff |
+//! | Kafka broker: topic authorization failed, unknown topic or partition (a topic that existed; also a topic confirmed since the relay started that is missing at send, see [`crate::kafka::topics`]), policy violation, message or batch too large (the local size check passed) | hold the topic, retry with backoff |
 //! | Kafka: broker down, leader not available, request timed out, queue full, network | retry (librdkafka retries in place; the relay waits) |
 //! | Kafka: authentication failed, cluster authorization failed, invalid configuration, other permanent codes | stop |
 //! | PostgreSQL: connection lost, server restarting, silent past `wal_receiver_timeout_ms` | retry (reconnect) |
@@ -317,6 +317,9 @@ mod tests {
         let unknown = PublishError::UnknownTopic("t".into());
         assert_eq!(classify(Failure::Publish(&unknown)), Action::DeadLetter);
         assert_eq!(publish_class(&unknown), "unknown_topic");
+        // A topic that was there and is gone is the topic's fault, never the row's.
+        let gone = PublishError::TopicGone("t".into());
+        assert_eq!(classify(Failure::Publish(&gone)), Action::Hold);
         for code in [
             RDKafkaErrorCode::QueueFull,
             RDKafkaErrorCode::LeaderNotAvailable,

@@ -10,8 +10,9 @@
 //!   the first refused row, and once Write comes back every row arrives in per-key order;
 //! * the relay's topic deleted mid-stream: with `kafka.create_topics = false` the relay
 //!   holds it (readiness 503 naming the topic, nothing dead-lettered, the slot behind) until
-//!   an operator creates it again; with creation on it creates the topic again itself. In
-//!   both, every row not yet delivered when the topic went arrives, in per-key order.
+//!   an operator creates it again, also across an in-process pipeline restart while it is
+//!   held; with creation on it creates the topic again itself. In all of them, every row
+//!   not yet delivered when the topic went arrives, in per-key order.
 //!
 //! A real broker restart differs from the proxy cuts of `tests/chaos.rs`: the broker loses
 //! its in-memory producer state and partition leadership, so the idempotent producer has
@@ -527,12 +528,50 @@ async fn assert_per_key_order(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_topic_is_held_until_an_operator_creates_it_again() {
-    topic_deleted_mid_stream(false, "topicgone", "topic deleted, creation off").await;
+    topic_deleted_mid_stream(false, false, "topicgone", "topic deleted, creation off").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_topic_stays_held_across_a_pipeline_restart() {
+    topic_deleted_mid_stream(
+        false,
+        true,
+        "topicheld",
+        "topic deleted, creation off, pipeline restarted while held",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_topic_is_created_again_by_the_relay() {
-    topic_deleted_mid_stream(true, "topicback", "topic deleted, creation on").await;
+    topic_deleted_mid_stream(true, false, "topicback", "topic deleted, creation on").await;
+}
+
+/// While the topic is held, the replication connection is ended: the source cannot
+/// reconnect before the held rows are acknowledged, so the pipeline restarts in-process
+/// (after the supervisor's drain limit) and the slot sends the held rows again. The new
+/// pipeline must hold them too: the topic existed, so they are no fault of their own.
+async fn restart_pipeline_while_held(stage: &Stage, relay: &RelayProcess) {
+    stage.terminate_walsender().await;
+    // What the pipeline logged since its last restart: the held rows either hold the topic
+    // again (its first alert) or are dead-lettered.
+    let since_restart = |log: &str| {
+        log.rfind("restarting it in-process")
+            .map(|at| log[at..].to_owned())
+    };
+    let restarted = wait_for(
+        "the pipeline to restart and meet the deleted topic again",
+        Duration::from_secs(150),
+        || {
+            let met = since_restart(&relay.log()).filter(|after| {
+                after.contains("kafka refuses the topic") || after.contains("dead-lettering row")
+            });
+            async move { met }
+        },
+    )
+    .await;
+    let restarted = restarted.lines().next().unwrap_or_default().to_owned();
+    println!("pipeline restarted while held: {restarted}");
 }
 
 /// Rows flow; the relay's topic is deleted; more rows are written while it is gone; the
@@ -540,7 +579,12 @@ async fn a_deleted_topic_is_created_again_by_the_relay() {
 /// Rows delivered before the deletion went with the topic: every row written after it, and
 /// every row still queued when it went, must arrive, in per-key order, and nothing may be
 /// dead-lettered.
-async fn topic_deleted_mid_stream(create_topics: bool, name: &str, scenario: &str) {
+async fn topic_deleted_mid_stream(
+    create_topics: bool,
+    restart_while_held: bool,
+    name: &str,
+    scenario: &str,
+) {
     let scale = Scale::from_env();
     let (before, gone, after) = scale.pick((3_000, 3_000, 2_000), (30_000, 30_000, 20_000));
     let cluster = PgCluster::shared();
@@ -610,6 +654,10 @@ async fn topic_deleted_mid_stream(create_topics: bool, name: &str, scenario: &st
             "the slot passed rows of a deleted topic"
         );
         assert_dead_lettered_nothing(&relay);
+        if restart_while_held {
+            restart_pipeline_while_held(&stage, &relay).await;
+            assert_dead_lettered_nothing(&relay);
+        }
         broker.create_topic(&topic, 3).await;
     }
     let back = Instant::now();

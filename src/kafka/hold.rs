@@ -334,7 +334,10 @@ impl Hold {
             Err((e, in_flight)) => {
                 // A held topic that is not there (yet) again existed: it stays held, never
                 // dead-lettered as a topic that never existed would be.
-                let gone = matches!(e, PublishError::UnknownTopic(_));
+                let gone = matches!(
+                    e,
+                    PublishError::UnknownTopic(_) | PublishError::TopicGone(_)
+                );
                 if gone || policy::classify(Failure::Publish(&e)) == Action::Hold {
                     Err(SendAgain::Held(RefusedRecord {
                         in_flight,

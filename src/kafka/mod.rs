@@ -36,6 +36,11 @@ pub enum PublishError {
     },
     #[error("topic {0} does not exist and kafka.create_topics is false; create it or enable kafka.create_topics")]
     UnknownTopic(String),
+    /// A topic seen to exist (in this process, or confirmed by the broker's metadata a
+    /// moment ago) is missing now: a fault of the topic, which holds its rows, never a
+    /// fault of the row that routes to it.
+    #[error("topic {0} existed and is missing now (deleted, or its partitions lost); its rows are held until it is there again: create it again, or enable kafka.create_topics")]
+    TopicGone(String),
     /// The broker refused the relay's SASL credentials (librdkafka would retry forever).
     #[error("Kafka refused the relay's credentials as {principal} ({reason}); fix sasl.username, sasl.password and sasl.mechanism in [kafka.properties] (a secret written as \"${{KAFKA_PASSWORD}}\" comes from the environment); the relay stops on bad credentials")]
     Credentials { principal: String, reason: String },
@@ -50,6 +55,7 @@ impl PublishError {
             }
             PublishError::Delivery(failed) => Some(failed.code),
             PublishError::CreateTopic { code, .. } => Some(*code),
+            PublishError::TopicGone(_) => Some(RDKafkaErrorCode::UnknownTopicOrPartition),
             PublishError::UnknownTopic(_) | PublishError::Credentials { .. } => None,
         }
     }

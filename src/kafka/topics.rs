@@ -6,9 +6,20 @@
 //! topic. Known topics are remembered, so this costs one round trip per topic per run,
 //! until the broker says one is gone: then it is forgotten and looked up (or created)
 //! again, so a deleted topic comes back with creation on instead of holding forever.
+//!
+//! # A topic that existed is never the row's fault
+//!
+//! With creation off, a topic that never existed means the row's routing value names no
+//! topic: after `kafka.unknown_topic_wait_ms` the row is dead-lettered. A topic that was
+//! there and is gone (deleted mid-stream) is a fault of the topic: every row to it would
+//! go the same way, so its rows are held ([`super::hold`]). The two look alike on the
+//! broker; what tells them apart is [`SeenTopics`], every topic confirmed since the relay
+//! started. It outlives the pipeline: an in-process restart while a topic is gone (the
+//! replication connection lost while its rows are held, or any exactly-once abort) must
+//! not turn the held rows into dead letters. A restart of the process forgets it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
@@ -20,11 +31,39 @@ use super::rebootstrap::{Rebootstrap, RebootstrapContext};
 use super::{EventProducer, PublishError};
 use crate::config::KafkaConfig;
 
+/// Every topic confirmed to exist since the relay started, shared by the pipeline runs of
+/// one process (see the module docs). Bounded: past [`SEEN_CAPACITY`] topics, new ones are
+/// not remembered (a topic of those deleted later counts as never seen).
+#[derive(Debug, Clone, Default)]
+pub struct SeenTopics(Arc<Mutex<HashSet<Arc<str>>>>);
+
+/// Topics [`SeenTopics`] remembers at most.
+const SEEN_CAPACITY: usize = 100_000;
+
+impl SeenTopics {
+    fn insert(&self, topic: &Arc<str>) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() < SEEN_CAPACITY {
+            seen.insert(Arc::clone(topic));
+        }
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(topic)
+    }
+}
+
 /// Topics the relay has confirmed, and the client that confirms them.
 #[allow(missing_debug_implementations)]
 pub struct TopicManager {
     admin: AdminClient<RebootstrapContext>,
+    /// Confirmed in this pipeline run and not reported gone since.
     known: HashSet<Arc<str>>,
+    /// Confirmed at any time since the relay started.
+    seen: SeenTopics,
     /// `max.message.bytes` of each known topic, read when it is first used.
     limits: HashMap<Arc<str>, usize>,
     /// librdkafka's `batch.size`: a topic limit below it lets a batch of small records be
@@ -50,7 +89,7 @@ const MISSING_CAPACITY: usize = 1_024;
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TopicManager {
-    pub fn new(kafka: &KafkaConfig) -> Result<Self, PublishError> {
+    pub fn new(kafka: &KafkaConfig, seen: SeenTopics) -> Result<Self, PublishError> {
         let context = RebootstrapContext(Rebootstrap::new(&kafka.bootstrap_servers));
         let admin: AdminClient<RebootstrapContext> = client_config::connection_config(kafka)
             // Only for the re-bootstrap watchdog (see super::rebootstrap).
@@ -62,6 +101,7 @@ impl TopicManager {
         Ok(TopicManager {
             admin,
             known: HashSet::new(),
+            seen,
             limits: HashMap::new(),
             batch_size: kafka
                 .properties
@@ -82,7 +122,10 @@ impl TopicManager {
     }
 
     /// Returns once `topic` exists (creating it when configured to) and `producer` knows
-    /// its partitions (see [`EventProducer::wait_for_topic`]).
+    /// its partitions (see [`EventProducer::wait_for_topic`]). A topic missing that was
+    /// seen before, or that the producer does not find after the admin client did, is
+    /// [`PublishError::TopicGone`] (held); only one never seen, with creation off, is
+    /// [`PublishError::UnknownTopic`] (dead-lettered).
     pub async fn ensure(
         &mut self,
         topic: &Arc<str>,
@@ -93,10 +136,17 @@ impl TopicManager {
         }
         if self.create {
             self.create_topic(topic).await?;
+        } else if self.seen.contains(topic) {
+            if !self.exists(topic)? {
+                return Err(PublishError::TopicGone(topic.to_string()));
+            }
         } else {
             self.wait_until_exists(topic).await?;
         }
-        producer.wait_for_topic(topic).await?;
+        producer.wait_for_topic(topic).await.map_err(|e| match e {
+            PublishError::UnknownTopic(topic) => PublishError::TopicGone(topic),
+            other => other,
+        })?;
         if let Some(limit) = self.read_limit(topic).await {
             if limit < self.batch_size {
                 warn!(
@@ -111,6 +161,7 @@ impl TopicManager {
             self.limits.insert(Arc::clone(topic), limit);
         }
         self.known.insert(Arc::clone(topic));
+        self.seen.insert(topic);
         Ok(())
     }
 

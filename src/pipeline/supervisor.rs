@@ -46,6 +46,7 @@ use crate::backoff::{self, Backoff};
 use crate::checkpoint::SharedCheckpoint;
 use crate::config::{Config, KafkaConfig};
 use crate::health::Health;
+use crate::kafka::topics::SeenTopics;
 use crate::kafka::{EventProducer, Hold, TopicManager};
 use crate::metrics as metric;
 use crate::outbox::Router;
@@ -82,6 +83,7 @@ pub async fn run(
         flushed: Lsn::ZERO,
         history: SharedHistory::default(),
         refusals: Refusals::default(),
+        seen_topics: SeenTopics::default(),
     };
     let mut backoff = Backoff::default();
     let mut first = true;
@@ -130,6 +132,9 @@ struct Carried {
     history: SharedHistory,
     /// Exactly-once: rows Kafka refused, to dead-letter when the slot sends them again.
     refusals: Refusals,
+    /// Topics confirmed since the relay started: one of them missing after a restart is
+    /// held, never dead-lettered (see [`crate::kafka::topics`]).
+    seen_topics: SeenTopics,
 }
 
 /// One run's checkpoint and sink, ready to start.
@@ -164,7 +169,7 @@ impl Pipeline {
                 carried.refusals.clone(),
             )
         });
-        let topics = TopicManager::new(kafka)?;
+        let topics = TopicManager::new(kafka, carried.seen_topics.clone())?;
         let sink = Sink {
             router: Router::new(config),
             producer,
