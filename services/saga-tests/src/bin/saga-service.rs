@@ -1,4 +1,4 @@
-//! `saga-service order|product|delivery`: one example service, run exactly as its own
+//! `saga-service order|product|delivery|payment|user|auth`: one example service, run exactly as its own
 //! binary runs it (the same `saga_kit::service::main` and library `start`, settings from
 //! the environment), so the saga test can run replicas as separate processes and SIGKILL
 //! them. It lives here rather than the tests spawning `target/*/order-service` because
@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 use delivery_service::rule::DeliveryRule;
+use payment_service::gateway::CardGateway;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -24,8 +25,18 @@ async fn main() -> ExitCode {
             })
             .await
         }
+        Some("payment") => {
+            saga_kit::service::main(payment_service::SERVICE, |config, shutdown| {
+                payment_service::start(config, CardGateway::from_env(), shutdown)
+            })
+            .await
+        }
+        Some("user") => saga_kit::service::main(user_service::SERVICE, user_service::start).await,
+        Some("auth") => saga_kit::service::main(auth_service::SERVICE, auth_service::start).await,
         other => {
-            eprintln!("usage: saga-service order|product|delivery (got {other:?})");
+            eprintln!(
+                "usage: saga-service order|product|delivery|payment|user|auth (got {other:?})"
+            );
             ExitCode::FAILURE
         }
     }

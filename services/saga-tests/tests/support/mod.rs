@@ -37,6 +37,8 @@ use relay::Relay;
 
 /// Addresses containing this fail delivery (the delivery service's rule in these tests).
 pub const UNDELIVERABLE: &str = "nowhere";
+/// Cards containing this have their refunds declined (the payment service's gateway here).
+pub const REFUND_DECLINED: &str = "refund-declined";
 /// Replicas per service in a [`SagaEnv`], sharing the service's consumer group.
 pub const REPLICAS: usize = 2;
 
@@ -46,16 +48,25 @@ pub enum Kind {
     Order,
     Product,
     Delivery,
+    Payment,
+    User,
+    Auth,
 }
 
 impl Kind {
+    /// The order → product → delivery saga's services (what [`SagaEnv::start`] runs).
     pub const ALL: [Kind; 3] = [Kind::Order, Kind::Product, Kind::Delivery];
+    /// The user registration saga's services.
+    pub const REGISTRATION: [Kind; 2] = [Kind::User, Kind::Auth];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Order => "order",
             Kind::Product => "product",
             Kind::Delivery => "delivery",
+            Kind::Payment => "payment",
+            Kind::User => "user",
+            Kind::Auth => "auth",
         }
     }
 
@@ -65,6 +76,9 @@ impl Kind {
             Kind::Order => "orders",
             Kind::Product => "products",
             Kind::Delivery => "deliveries",
+            Kind::Payment => "payments",
+            Kind::User => "users",
+            Kind::Auth => "auth",
         }
     }
 }
@@ -96,6 +110,12 @@ impl Service {
                 let rule = delivery_service::rule::DeliveryRule::new(UNDELIVERABLE);
                 delivery_service::start(config, rule, token).await
             }
+            Kind::Payment => {
+                let gateway = payment_service::gateway::CardGateway::new(REFUND_DECLINED);
+                payment_service::start(config, gateway, token).await
+            }
+            Kind::User => user_service::start(config, token).await,
+            Kind::Auth => auth_service::start(config, token).await,
         };
         let running = started.unwrap_or_else(|e| panic!("start {}: {e}", kind.name()));
         Service {
@@ -117,6 +137,8 @@ impl Service {
 
 /// Everything a saga test runs against.
 pub struct SagaEnv {
+    /// The services of this saga, in start order; [`SagaEnv::relays`] follows it.
+    pub kinds: Vec<Kind>,
     pub cluster: PgCluster,
     pub broker: Broker,
     pub dir: tempfile::TempDir,
@@ -130,11 +152,16 @@ impl SagaEnv {
     /// Databases, broker, services ([`REPLICAS`] each, default consumer groups), then
     /// relays, streaming. Services first: they create the outbox tables the relays publish.
     pub async fn start() -> SagaEnv {
+        SagaEnv::start_saga(&Kind::ALL).await
+    }
+
+    /// [`SagaEnv::start`] for the services `kinds` (and their relays).
+    pub async fn start_saga(kinds: &[Kind]) -> SagaEnv {
         init_logging();
         let cluster = PgCluster::start(PgOptions::default());
         let broker = Broker::start();
         let admin = cluster.client("postgres").await;
-        for kind in Kind::ALL {
+        for kind in kinds {
             admin
                 .batch_execute(&format!("CREATE DATABASE {}", kind.db()))
                 .await
@@ -146,6 +173,7 @@ impl SagaEnv {
             println!("service and relay logs in {}", dir.path().display());
         }
         let mut env = SagaEnv {
+            kinds: kinds.to_vec(),
             cluster,
             broker,
             dir,
@@ -154,7 +182,7 @@ impl SagaEnv {
             admin,
         };
         env.start_services("").await;
-        for kind in Kind::ALL {
+        for kind in kinds.iter().copied() {
             let mut relay = Relay::new(
                 kind.name(),
                 env.cluster.port(),
@@ -207,12 +235,21 @@ impl SagaEnv {
     }
 
     pub fn relay(&mut self, kind: Kind) -> &mut Relay {
-        &mut self.relays[kind as usize]
+        let at = self.index(kind);
+        &mut self.relays[at]
+    }
+
+    fn index(&self, kind: Kind) -> usize {
+        self.kinds
+            .iter()
+            .position(|&k| k == kind)
+            .unwrap_or_else(|| panic!("{} is not in this saga", kind.name()))
     }
 
     /// Starts `kind`'s relay again and waits until it streams.
     pub async fn restart_relay(&mut self, kind: Kind) {
-        let relay = &mut self.relays[kind as usize];
+        let at = self.index(kind);
+        let relay = &mut self.relays[at];
         relay.start();
         relay.wait_streaming(&self.admin).await;
     }
@@ -235,7 +272,7 @@ impl SagaEnv {
 
     async fn start_services(&mut self, group_prefix: &str) {
         let bootstrap = self.broker.bootstrap();
-        for kind in Kind::ALL {
+        for kind in self.kinds.clone() {
             let group = SagaEnv::group(kind, group_prefix);
             for replica in 0..REPLICAS {
                 let process = ServiceProcess::start(

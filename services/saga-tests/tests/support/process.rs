@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::pg::PgCluster;
-use super::{free_port, Kind, UNDELIVERABLE};
+use super::{free_port, Kind, REFUND_DECLINED, UNDELIVERABLE};
 
 /// How long a replica may take to migrate its database and listen.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -48,6 +48,7 @@ impl ServiceProcess {
             .env("CONSUMER_GROUP", group)
             .env("DB_POOL_SIZE", "8")
             .env("UNDELIVERABLE_ADDRESS_CONTAINS", UNDELIVERABLE)
+            .env("REFUND_REFUSED_CARD_CONTAINS", REFUND_DECLINED)
             .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

@@ -1,0 +1,8 @@
+//! `user-service`: settings from the environment (see `saga_kit::config`), runs until SIGTERM.
+
+use std::process::ExitCode;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    saga_kit::service::main(user_service::SERVICE, user_service::start).await
+}
