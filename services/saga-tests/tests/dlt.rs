@@ -93,6 +93,7 @@ async fn poison_records_go_to_the_dlt_with_their_reason_and_the_partition_moves_
     let dir = tempfile::Builder::new().prefix("dlt-").tempdir().unwrap();
     let bootstrap = broker.bootstrap();
     let service = Service::start(Kind::Order, &cluster, &bootstrap, "order-service").await;
+    let _stop = service.stop_on_drop();
     let mut relay = Relay::new("order", cluster.port(), "orders", &bootstrap, dir.path());
     relay.start();
     relay.wait_streaming(&admin).await;

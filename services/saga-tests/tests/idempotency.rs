@@ -50,6 +50,7 @@ async fn a_repeated_idempotency_key_creates_one_order_and_replays_its_response()
     let admin = cluster.client("postgres").await;
     admin.batch_execute("CREATE DATABASE orders").await.unwrap();
     let service = Service::start(Kind::Order, &cluster, "127.0.0.1:9", "order-service").await;
+    let _stop = service.stop_on_drop();
     let db = cluster.client("orders").await;
     let order =
         json!({ "userId": 1, "productId": 1, "quantity": 2, "price": 500, "address": "Seoul" });
@@ -116,6 +117,7 @@ async fn concurrent_repeats_of_one_key_create_exactly_one_order() {
     let admin = cluster.client("postgres").await;
     admin.batch_execute("CREATE DATABASE orders").await.unwrap();
     let service = Service::start(Kind::Order, &cluster, "127.0.0.1:9", "order-service").await;
+    let _stop = service.stop_on_drop();
     let db = cluster.client("orders").await;
     let order =
         json!({ "userId": 7, "productId": 3, "quantity": 1, "price": 90, "address": "Busan" });
