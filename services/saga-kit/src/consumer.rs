@@ -7,6 +7,10 @@
 //! 2. only if that row is new, let the [`Handler`] change state and write outbox events;
 //! 3. store the partition's next offset in `consumer_offsets`, never lower than it was.
 //!
+//! A record that can never be applied instead gets, in one transaction, its inbox row
+//! (if it has an `id`), its dead letter in the outbox and the stored offset (see
+//! "Failures").
+//!
 //! Then commit, and only then hand the same offset to librdkafka's offset store, which
 //! commits it to the Kafka group within [`KAFKA_COMMIT_INTERVAL`] (and when the partition
 //! is revoked, and at close), so broker tooling shows the group and its lag. The stored
