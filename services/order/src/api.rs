@@ -1,13 +1,18 @@
 //! `POST /orders` (202 + `Location`), `GET /orders/{id}` (the status to poll), `/healthz`.
+//!
+//! `POST /orders` takes an optional `Idempotency-Key` header (see
+//! `saga_kit::idempotency`): a client retrying a request it got no answer to sends the
+//! same key, and gets the first order's response back instead of a second order.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_kit::db::Pool;
 use saga_kit::http::ApiError;
+use saga_kit::idempotency::{self, Begin, StoredResponse};
 use saga_kit::outbox::{self, OutboxEvent};
 use serde::Deserialize;
 use serde_json::json;
@@ -49,17 +54,31 @@ impl CreateOrder {
     }
 }
 
+/// The idempotency scope of `POST /orders`.
+pub const CREATE_SCOPE: &str = "POST /orders";
+
+/// The body is taken as bytes, so an `Idempotency-Key` can be matched against its hash,
+/// then parsed as `Json` would (a malformed body is refused before any key is stored).
 async fn create_order(
     State(pool): State<Pool>,
-    body: Result<Json<CreateOrder>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(order) = body?;
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key(&headers)?;
+    let Json(order) = Json::<CreateOrder>::from_bytes(&body)?;
     order.validate()?;
     let id = Uuid::new_v4();
     let span = tracing::info_span!("create_order", order_id = %id, correlation_id = %id);
     async {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some(key) = &key {
+            if let Begin::Replay(stored) = idempotency::begin(&tx, CREATE_SCOPE, key, &body).await?
+            {
+                tracing::info!("repeated Idempotency-Key: the first response again");
+                return Ok(stored);
+            }
+        }
         tx.execute(
             "INSERT INTO orders (id, user_id, product_id, quantity, price, address, status) \
              VALUES ($1, $2, $3, $4, $5, $6, 'PENDING')",
@@ -89,17 +108,21 @@ async fn create_order(
             }),
         };
         outbox::write(&tx, &event).await?;
+        let response = StoredResponse {
+            status: StatusCode::ACCEPTED,
+            body: json!({ "orderId": id, "status": "PENDING" }),
+            location: Some(format!("/orders/{id}")),
+        };
+        if let Some(key) = &key {
+            idempotency::finish(&tx, CREATE_SCOPE, key, &response).await?;
+        }
         tx.commit().await?;
         tracing::info!("order accepted (PENDING)");
-        Ok::<_, ApiError>(())
+        Ok::<_, ApiError>(response)
     }
     .instrument(span)
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/orders/{id}"))],
-        Json(json!({ "orderId": id, "status": "PENDING" })),
-    ))
+    .await
+    .map(IntoResponse::into_response)
 }
 
 async fn order_status(

@@ -30,3 +30,32 @@ CREATE TABLE IF NOT EXISTS public.consumer_offsets (
     next_offset bigint NOT NULL,
     PRIMARY KEY (group_id, topic, partition)
 );
+
+-- Dead letters (saga_kit::consumer, "Dead letters"): a consumed record that can never be
+-- applied is written back through this outbox, aggregatetype `<x>.DLT` for a record read
+-- from `outbox.event.<x>`, so the relay publishes it to `outbox.event.<x>.DLT`. These
+-- columns say why; each relay config maps them to headers, and a NULL column gives no
+-- header, so ordinary events are unchanged. Every service writing dead letters (the Rust
+-- services through saga-kit, the Spring points service by hand) uses the same columns:
+--   dlt_reason      header `dltReason`:     what was wrong, for a human (at most 1000 chars)
+--   dlt_origin      header `dltOrigin`:     where it was read, `<topic>/<partition>/<offset>`
+--   dlt_error_class header `dltErrorClass`: not-an-event | payload | permanent | retries-exhausted
+-- ADD COLUMN IF NOT EXISTS: databases created before these columns migrate in place.
+ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_reason      text;
+ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_origin      text;
+ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_error_class text;
+
+-- Client idempotency keys (saga_kit::idempotency): the first request with an
+-- `Idempotency-Key` stores its response here in the same transaction as the resource it
+-- created; a repeat with the same key and body gets that response back and writes nothing.
+-- The primary key is the lock: a concurrent repeat waits for the first transaction.
+CREATE TABLE IF NOT EXISTS public.idempotency_keys (
+    scope         text        NOT NULL,  -- the endpoint, e.g. `POST /orders`
+    key           text        NOT NULL,  -- the client's `Idempotency-Key` (1..=255 chars)
+    request_hash  bytea       NOT NULL,  -- SHA-256 of the canonical request body
+    status        smallint,              -- the response, NULL until the request finished
+    response      jsonb,
+    location      text,                  -- the response's `Location` header, if any
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (scope, key)
+);

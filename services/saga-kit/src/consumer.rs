@@ -7,6 +7,10 @@
 //! 2. only if that row is new, let the [`Handler`] change state and write outbox events;
 //! 3. store the partition's next offset in `consumer_offsets`, never lower than it was.
 //!
+//! A record that can never be applied instead gets, in one transaction, its inbox row
+//! (if it has an `id`), its dead letter in the outbox and the stored offset (see
+//! "Failures").
+//!
 //! Then commit, and only then hand the same offset to librdkafka's offset store, which
 //! commits it to the Kafka group within [`KAFKA_COMMIT_INTERVAL`] (and when the partition
 //! is revoked, and at close), so broker tooling shows the group and its lag. The stored
@@ -59,7 +63,30 @@
 //! auto-create it; librdkafka reports `UnknownTopicOrPartition`, logged at debug):
 //! librdkafka looks it up again at every metadata refresh, every [`TOPIC_RECHECK`], and
 //! when it appears the group rebalances and assigns its partitions.
+//!
+//! # Failures: retried in place, or dead-lettered
+//! A record's failure is classified in one place ([`HandleError::verdict`]) by whose
+//! fault it is:
+//! - **the database's** ([`HandleError::Db`], and the pool failing to connect): the
+//!   transaction rolls back and the record is retried in place with backoff
+//!   ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]) for as long as it takes, since the
+//!   database comes back and every later record needs it too. The partition waits.
+//! - **the record's**, for good: not an event at all (no `id` header, a bad UUID, no
+//!   `eventType`, a tombstone, a value that is not JSON), a payload that does not match
+//!   its schema ([`HandleError::Payload`]), or anything the handler knows can never pass
+//!   ([`HandleError::Permanent`]). The handler's writes roll back, and in a new
+//!   transaction the record is written to `<topic>.DLT` through the service's outbox,
+//!   with its inbox row and the stored position ([`dead_letter`]); then the partition
+//!   moves on. Counted by `saga_consumer_dead_lettered_total{topic}`.
+//! - **unknown, maybe passing** ([`HandleError::Retryable`]: a rule that depends on
+//!   something that may change): retried in place like a database error, but only
+//!   [`RETRYABLE_ATTEMPTS`] times; then dead-lettered as `retries-exhausted`, so a failure
+//!   that is in fact permanent cannot hold the partition forever.
+//!
+//! A poison record therefore never blocks its partition for longer than its retries;
+//! only a database that is down does, which blocks everything anyway.
 
+pub mod dead_letter;
 mod rebalance;
 
 use std::collections::BTreeMap;
@@ -78,6 +105,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::{DbError, Pool};
+use dead_letter::{DeadLetter, ErrorClass};
 use rebalance::GroupContext;
 
 /// How often librdkafka refreshes metadata, which is how it notices a subscribed topic
@@ -93,8 +121,11 @@ pub const KAFKA_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// The longest `poll` waits, so a shutdown is noticed this quickly between records.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
 /// First and largest pause before retrying a record whose transaction failed.
-const RETRY_FIRST: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(5);
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Attempts of a record failing with [`HandleError::Retryable`] before it is
+/// dead-lettered: about 20 s of backoff.
+pub const RETRYABLE_ATTEMPTS: u32 = 8;
 
 /// One consumed event, decoded from the record the relay produced.
 #[derive(Debug, Clone)]
@@ -133,19 +164,64 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), HandleError>> + Send;
 }
 
-/// Why a handler could not apply an event.
+/// Why a handler could not apply an event (see "Failures" for what each one leads to).
 #[derive(Debug, thiserror::Error)]
 pub enum HandleError {
-    /// Transient: the transaction is rolled back and the record retried.
+    /// Transient: rolled back and retried with backoff until the database answers.
     #[error("database: {0}")]
     Db(#[from] tokio_postgres::Error),
-    /// Permanent: the record can never be applied; it is logged and skipped.
+    /// Maybe transient, not the database's: retried [`RETRYABLE_ATTEMPTS`] times, then
+    /// dead-lettered.
+    #[error("{reason}")]
+    Retryable { reason: String },
+    /// Permanent: the payload does not match the event type's schema; dead-lettered.
     #[error("payload of {event_type} does not match its schema: {source}")]
     Payload {
         event_type: String,
         #[source]
         source: serde_json::Error,
     },
+    /// Permanent: the event can never be applied (an event type the service must
+    /// understand but does not, a rule that can never pass); dead-lettered.
+    #[error("{reason}")]
+    Permanent { reason: String },
+}
+
+/// What to do with a record whose attempt failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Roll back, wait, try again.
+    Retry,
+    /// Roll back, then write it to `<topic>.DLT` and move on.
+    DeadLetter(ErrorClass),
+}
+
+impl HandleError {
+    /// [`HandleError::Permanent`] with `reason`.
+    pub fn permanent(reason: impl Into<String>) -> HandleError {
+        HandleError::Permanent {
+            reason: reason.into(),
+        }
+    }
+
+    /// [`HandleError::Retryable`] with `reason`.
+    pub fn retryable(reason: impl Into<String>) -> HandleError {
+        HandleError::Retryable {
+            reason: reason.into(),
+        }
+    }
+
+    /// The one place failures are classified: after `attempts` failed attempts
+    /// (this one included), retry or dead-letter.
+    pub fn verdict(&self, attempts: u32) -> Verdict {
+        match self {
+            HandleError::Db(_) => Verdict::Retry,
+            HandleError::Retryable { .. } if attempts < RETRYABLE_ATTEMPTS => Verdict::Retry,
+            HandleError::Retryable { .. } => Verdict::DeadLetter(ErrorClass::RetriesExhausted),
+            HandleError::Payload { .. } => Verdict::DeadLetter(ErrorClass::Payload),
+            HandleError::Permanent { .. } => Verdict::DeadLetter(ErrorClass::Permanent),
+        }
+    }
 }
 
 /// Why the consumer stopped.
@@ -153,6 +229,12 @@ pub enum HandleError {
 pub enum ConsumerError {
     #[error("kafka consumer: {0}")]
     Kafka(#[from] KafkaError),
+    /// A topic outside `outbox.event.`: its dead letters could not be routed.
+    #[error(
+        "cannot consume topic {topic:?}: only outbox.event.<x> topics are consumed, \
+         since their dead letters go to outbox.event.<x>.DLT through the outbox"
+    )]
+    Unroutable { topic: String },
 }
 
 /// Where to read and under which name positions are stored.
@@ -174,6 +256,16 @@ pub async fn run<H: Handler>(
     handler: H,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
+    if let Some(topic) = settings
+        .topics
+        .iter()
+        .find(|t| dead_letter::aggregate_type(t).is_none())
+    {
+        return Err(ConsumerError::Unroutable {
+            topic: topic.clone(),
+        });
+    }
+    crate::prometheus::install();
     let context = GroupContext {
         runtime: Handle::current(),
         pool: pool.clone(),
@@ -294,6 +386,7 @@ struct Record {
     topic: String,
     partition: i32,
     offset: i64,
+    key: Option<Vec<u8>>,
     headers: BTreeMap<String, String>,
     payload: Option<Vec<u8>>,
 }
@@ -312,6 +405,7 @@ impl From<&BorrowedMessage<'_>> for Record {
             topic: m.topic().to_owned(),
             partition: m.partition(),
             offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
             headers,
             payload: m.payload().map(<[u8]>::to_vec),
         }
@@ -319,7 +413,7 @@ impl From<&BorrowedMessage<'_>> for Record {
 }
 
 impl Record {
-    /// The event, or why this record is not one (it is then skipped).
+    /// The event, or why this record is not one (it is then dead-lettered).
     fn event(&self) -> Result<Event, String> {
         let header = |name: &str| self.headers.get(name).cloned();
         let id = header("id").ok_or("no `id` header")?;
@@ -352,15 +446,21 @@ async fn apply_with_retry<H: Handler>(
             correlation_id = %e.correlation_id, event_id = %e.id, topic = %e.topic, offset = e.offset),
         Err(_) => tracing::info_span!("record", topic = %record.topic, offset = record.offset),
     };
+    let mut attempts = 0;
     loop {
-        match apply(pool, handler, group, &record)
+        attempts += 1;
+        match apply(pool, handler, group, &record, attempts)
             .instrument(span.clone())
             .await
         {
-            Ok(()) => return true,
+            Ok(Applied::Done) => return true,
+            Ok(Applied::DeadLettered) => {
+                crate::prometheus::dead_lettered(&record.topic);
+                return true;
+            }
             Err(e) => {
                 let _entered = span.enter();
-                tracing::warn!(error = %e, retry_in = ?pause, "event not applied; retrying");
+                tracing::warn!(error = %e, attempts, retry_in = ?pause, "event not applied; retrying");
             }
         }
         tokio::select! {
@@ -370,6 +470,15 @@ async fn apply_with_retry<H: Handler>(
     }
 }
 
+/// What a committed attempt did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    /// Applied (or a duplicate, already applied).
+    Done,
+    /// Written to `<topic>.DLT`.
+    DeadLettered,
+}
+
 /// Why one attempt failed (always retried).
 #[derive(Debug, thiserror::Error)]
 enum AttemptError {
@@ -377,47 +486,118 @@ enum AttemptError {
     Pool(#[from] DbError),
     #[error(transparent)]
     Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Handler(HandleError),
+    /// Cannot happen: `run` refuses such topics. Held rather than lost if it does.
+    #[error("no dead-letter topic for {0:?}")]
+    Unroutable(String),
 }
 
-/// One attempt: inbox row, handler, stored offset, commit — or nothing.
+/// One attempt (number `attempts`): inbox row, handler, stored offset, commit — or the
+/// dead letter, inbox row and stored offset (see "Failures") — or nothing.
 async fn apply<H: Handler>(
     pool: &Pool,
     handler: &H,
     group: &str,
     record: &Record,
-) -> Result<(), AttemptError> {
+    attempts: u32,
+) -> Result<Applied, AttemptError> {
     let mut client = pool.get().await?;
+    let event = match record.event() {
+        Ok(event) => event,
+        Err(reason) => {
+            tracing::error!(%reason, "dead-lettering a record that is not an event");
+            let reason = format!("not an event: {reason}");
+            return dead_letter(
+                &mut client,
+                group,
+                record,
+                None,
+                ErrorClass::NotAnEvent,
+                &reason,
+            )
+            .await;
+        }
+    };
     let tx = client.transaction().await?;
-    match record.event() {
-        Err(reason) => tracing::error!(%reason, "skipping a record that is not an event"),
-        Ok(event) => {
-            let fresh = tx
-                .execute(
-                    "INSERT INTO inbox (event_id, event_type, correlation_id, topic) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
-                    &[
-                        &event.id,
-                        &event.event_type,
-                        &event.correlation_id,
-                        &event.topic,
-                    ],
-                )
-                .await?
-                == 1;
-            if !fresh {
-                tracing::info!("duplicate event ignored (already in the inbox)");
-            } else {
-                match handler.handle(&tx, &event).await {
-                    Ok(()) => {}
-                    Err(HandleError::Db(e)) => return Err(e.into()),
-                    Err(e @ HandleError::Payload { .. }) => {
-                        // Permanent: record it as seen so it is not retried forever.
-                        tracing::error!(error = %e, "skipping an event that cannot be applied");
-                    }
-                }
+    let handled = if claim_inbox(&tx, &event).await? {
+        handler.handle(&tx, &event).await
+    } else {
+        tracing::info!("duplicate event ignored (already in the inbox)");
+        Ok(())
+    };
+    if let Err(e) = handled {
+        match e.verdict(attempts) {
+            Verdict::Retry => return Err(AttemptError::Handler(e)),
+            Verdict::DeadLetter(class) => {
+                // The handler's writes, if any, go; the dead letter's transaction follows.
+                tx.rollback().await?;
+                tracing::error!(error = %e, class = class.as_str(),
+                    "dead-lettering an event that cannot be applied");
+                let reason = e.to_string();
+                return dead_letter(&mut client, group, record, Some(&event), class, &reason).await;
             }
         }
     }
+    store_position(&tx, group, record).await?;
+    tx.commit().await?;
+    Ok(Applied::Done)
+}
+
+/// In one transaction: the inbox row (if `event`; one that is there already means a
+/// replica applied it meanwhile, and nothing more is written), the dead letter, the
+/// stored position.
+async fn dead_letter(
+    client: &mut tokio_postgres::Client,
+    group: &str,
+    record: &Record,
+    event: Option<&Event>,
+    class: ErrorClass,
+    reason: &str,
+) -> Result<Applied, AttemptError> {
+    let letter = DeadLetter::of(group, record, class, reason)
+        .ok_or_else(|| AttemptError::Unroutable(record.topic.clone()))?;
+    let tx = client.transaction().await?;
+    let fresh = match event {
+        Some(event) => claim_inbox(&tx, event).await?,
+        None => true,
+    };
+    let written = fresh && letter.write(&tx).await?;
+    store_position(&tx, group, record).await?;
+    tx.commit().await?;
+    if written {
+        tracing::warn!(dead_letter_id = %letter.id, aggregate_type = %letter.aggregate_type,
+            "record written to its dead-letter topic");
+        Ok(Applied::DeadLettered)
+    } else {
+        tracing::info!("record already applied or dead-lettered; nothing written");
+        Ok(Applied::Done)
+    }
+}
+
+/// Inserts `event`'s inbox row; `false` if it was there (the event was applied).
+async fn claim_inbox(tx: &Transaction<'_>, event: &Event) -> Result<bool, tokio_postgres::Error> {
+    let inserted = tx
+        .execute(
+            "INSERT INTO inbox (event_id, event_type, correlation_id, topic) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (event_id) DO NOTHING",
+            &[
+                &event.id,
+                &event.event_type,
+                &event.correlation_id,
+                &event.topic,
+            ],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Stores the partition's next offset after `record`.
+async fn store_position(
+    tx: &Transaction<'_>,
+    group: &str,
+    record: &Record,
+) -> Result<(), tokio_postgres::Error> {
     // Monotonic: a replica that lost the partition while applying this record (see
     // "Rebalances") cannot move the position back behind the new owner's.
     tx.execute(
@@ -432,6 +612,59 @@ async fn apply<H: Handler>(
         ],
     )
     .await?;
-    tx.commit().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json_error() -> serde_json::Error {
+        serde_json::from_str::<u8>("x").unwrap_err()
+    }
+
+    #[test]
+    fn database_errors_retry_forever_others_are_bounded_or_dead_lettered() {
+        let retryable = HandleError::retryable("stock service says later");
+        assert_eq!(retryable.verdict(1), Verdict::Retry);
+        assert_eq!(retryable.verdict(RETRYABLE_ATTEMPTS - 1), Verdict::Retry);
+        assert_eq!(
+            retryable.verdict(RETRYABLE_ATTEMPTS),
+            Verdict::DeadLetter(ErrorClass::RetriesExhausted)
+        );
+        let payload = HandleError::Payload {
+            event_type: "X".into(),
+            source: json_error(),
+        };
+        assert_eq!(payload.verdict(1), Verdict::DeadLetter(ErrorClass::Payload));
+        assert_eq!(
+            HandleError::permanent("never").verdict(1),
+            Verdict::DeadLetter(ErrorClass::Permanent)
+        );
+    }
+
+    #[test]
+    fn records_that_are_not_events_say_why() {
+        let mut record = Record {
+            topic: "outbox.event.product".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            headers: BTreeMap::new(),
+            payload: Some(b"{}".to_vec()),
+        };
+        assert_eq!(record.event().unwrap_err(), "no `id` header");
+        record.headers.insert("id".into(), "nope".into());
+        assert!(record.event().unwrap_err().starts_with("`id` header"));
+        record
+            .headers
+            .insert("id".into(), Uuid::new_v4().to_string());
+        record.headers.insert("eventType".into(), "E".into());
+        record.payload = Some(b"not json".to_vec());
+        assert!(record.event().unwrap_err().starts_with("payload:"));
+        record.payload = None;
+        assert_eq!(record.event().unwrap_err(), "no payload (tombstone)");
+        record.payload = Some(b"{}".to_vec());
+        assert!(record.event().is_ok());
+    }
 }

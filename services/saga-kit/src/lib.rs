@@ -15,8 +15,13 @@
 //! - [`db`]: a small bounded PostgreSQL connection pool and the migrations runner.
 //! - [`outbox`]: writes an event row in the caller's transaction.
 //! - [`consumer`]: the idempotent Kafka consumer: a consumer-group member that starts
-//!   each assigned partition at its stored offset (inbox + offsets in the database).
+//!   each assigned partition at its stored offset (inbox + offsets in the database),
+//!   dead-lettering what it can never apply to `<topic>.DLT` (`consumer::dead_letter`).
 //! - [`http`]: the JSON error type every HTTP handler returns.
+//! - [`idempotency`]: client `Idempotency-Key`s: a retried request creates once and
+//!   gets the first response again.
+//! - [`prometheus`]: the process's metrics recorder and the `GET /metrics` route; count
+//!   with the re-exported [`metrics`] facade (`saga_kit::metrics::counter!`).
 //! - [`service`]: runs a service's HTTP server and consumer until shutdown.
 //! - [`telemetry`]: tracing set-up (text or JSON logs).
 
@@ -24,9 +29,15 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod http;
+pub mod idempotency;
 pub mod outbox;
+pub mod prometheus;
 pub mod service;
 pub mod telemetry;
 
-/// The outbox, inbox and consumer-offset tables every service has in its own database.
+/// The metrics facade the services count with; [`prometheus`] installs its recorder.
+pub use metrics;
+
+/// The outbox (with its dead-letter columns), inbox, consumer-offset and idempotency-key
+/// tables every service has in its own database.
 pub const MESSAGING_MIGRATION: &str = include_str!("../migrations/0001_messaging.sql");

@@ -90,7 +90,8 @@ pub async fn launch<H: Handler>(
     .await
 }
 
-/// Binds `listen`, then serves `router` and consumes with `handler` until `shutdown`.
+/// Binds `listen`, then serves `router` (plus `GET /metrics`) and consumes with `handler`
+/// until `shutdown`.
 pub async fn start<H: Handler>(
     listen: SocketAddr,
     router: Router,
@@ -109,6 +110,9 @@ pub async fn start<H: Handler>(
         addr: listen,
         source,
     })?;
+    // Every service serves its metrics on its own port (see `prometheus`).
+    crate::prometheus::install();
+    let router = router.merge(crate::prometheus::route());
     let stop = shutdown.child_token();
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {

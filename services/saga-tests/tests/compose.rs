@@ -243,8 +243,15 @@ fn each_relay_config_loads_with_its_compose_environment_and_reaches_its_database
             .collect();
         assert_eq!(
             headers,
-            ["eventType", "correlationId"],
-            "{name}: what the services read"
+            [
+                "eventType",
+                "correlationId",
+                // Dead letters only (saga_kit::consumer::dead_letter); NULL otherwise.
+                "dltReason",
+                "dltOrigin",
+                "dltErrorClass"
+            ],
+            "{name}: what the services read and dead letters carry"
         );
     }
 }

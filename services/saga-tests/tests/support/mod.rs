@@ -125,6 +125,13 @@ impl Service {
         }
     }
 
+    /// A guard that cancels the service when dropped, e.g. as a failed assertion
+    /// unwinds: the consumer runs on a blocking thread until cancelled, and the test's
+    /// runtime waits for it on shutdown, so a failing test would hang instead of failing.
+    pub fn stop_on_drop(&self) -> tokio_util::sync::DropGuard {
+        self.shutdown.clone().drop_guard()
+    }
+
     /// Stops it as SIGTERM would and expects a clean exit.
     pub async fn stop(self) {
         self.shutdown.cancel();
