@@ -24,7 +24,10 @@ impl Handler for AuthSaga {
     async fn handle(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandleError> {
         match event.event_type.as_str() {
             "UserRegistered" => create(tx, &event.parse()?, &event.correlation_id).await,
-            _ => Ok(()),
+            other => Err(HandleError::permanent(format!(
+                "unknown event type {other:?} on {}: the auth service handles UserRegistered",
+                event.topic
+            ))),
         }
     }
 }

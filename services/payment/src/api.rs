@@ -1,14 +1,15 @@
 //! `POST /payments` (202 + `Location`), `GET /payments/{id}` (the status to poll),
 //! `GET /payments?status=NEEDS_ATTENTION` (what an operator must look at), `/healthz`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_kit::db::Pool;
 use saga_kit::http::ApiError;
+use saga_kit::idempotency::{self, Begin, StoredResponse};
 use saga_kit::outbox::{self, OutboxEvent};
 use serde::Deserialize;
 use serde_json::json;
@@ -54,17 +55,31 @@ impl CreatePayment {
     }
 }
 
+/// The idempotency scope of `POST /payments`.
+pub const CREATE_SCOPE: &str = "POST /payments";
+
+/// The body is taken as bytes, so an `Idempotency-Key` can be matched against its hash
+/// (see `saga_kit::idempotency`), then parsed as `Json` would.
 async fn create_payment(
     State(pool): State<Pool>,
-    body: Result<Json<CreatePayment>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(payment) = body?;
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key(&headers)?;
+    let Json(payment) = Json::<CreatePayment>::from_bytes(&body)?;
     payment.validate()?;
     let id = Uuid::new_v4();
     let span = tracing::info_span!("create_payment", payment_id = %id, correlation_id = %id);
     async {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some(key) = &key {
+            if let Begin::Replay(stored) = idempotency::begin(&tx, CREATE_SCOPE, key, &body).await?
+            {
+                tracing::info!("repeated Idempotency-Key: the first response again");
+                return Ok(stored);
+            }
+        }
         tx.execute(
             "INSERT INTO payments (id, user_id, reservation_id, amount, card, status) \
              VALUES ($1, $2, $3, $4, $5, 'PENDING')",
@@ -91,17 +106,21 @@ async fn create_payment(
             }),
         };
         outbox::write(&tx, &event).await?;
+        let response = StoredResponse {
+            status: StatusCode::ACCEPTED,
+            body: json!({ "paymentId": id, "status": "PENDING" }),
+            location: Some(format!("/payments/{id}")),
+        };
+        if let Some(key) = &key {
+            idempotency::finish(&tx, CREATE_SCOPE, key, &response).await?;
+        }
         tx.commit().await?;
         tracing::info!(amount = payment.amount, "payment taken (PENDING)");
-        Ok::<_, ApiError>(())
+        Ok::<_, ApiError>(response)
     }
     .instrument(span)
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/payments/{id}"))],
-        Json(json!({ "paymentId": id, "status": "PENDING" })),
-    ))
+    .await
+    .map(IntoResponse::into_response)
 }
 
 fn payment_json(row: &tokio_postgres::Row) -> serde_json::Value {

@@ -48,7 +48,11 @@ impl Handler for PaymentSaga {
             "PointsRewardFailed" => {
                 compensate(tx, &self.gateway, &event.parse()?, &event.correlation_id).await
             }
-            _ => Ok(()),
+            // No other type belongs on this topic: a record of one is dead-lettered.
+            other => Err(HandleError::permanent(format!(
+                "unknown event type {other:?} on {}: the payment service handles PointsRewarded and PointsRewardFailed",
+                event.topic
+            ))),
         }
     }
 }

@@ -150,3 +150,96 @@ async fn concurrent_repeats_of_one_key_create_exactly_one_order() {
     let service = std::sync::Arc::into_inner(service).expect("requests done");
     service.stop().await;
 }
+
+/// `POST /payments` and `POST /users` honour the key the same way: a repeat replays,
+/// another body gets 422, and 20 concurrent repeats create exactly one resource.
+#[tokio::test(flavor = "multi_thread")]
+async fn payments_and_users_honour_the_key_too() {
+    support::init_logging();
+    let cluster = PgCluster::start(PgOptions::default());
+    let admin = cluster.client("postgres").await;
+    let cases = [
+        (
+            Kind::Payment,
+            "/payments",
+            "payments",
+            json!({ "userId": 3, "reservationId": 9, "amount": 12000, "card": "4111" }),
+            json!({ "userId": 3, "reservationId": 9, "amount": 13000, "card": "4111" }),
+        ),
+        (
+            Kind::User,
+            "/users",
+            "users",
+            json!({ "login": "kim", "name": "Kim", "password": "long enough" }),
+            json!({ "login": "kim", "name": "Lee", "password": "long enough" }),
+        ),
+    ];
+    for (kind, path, table, body, other) in cases {
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", kind.db()))
+            .await
+            .unwrap();
+        let group = format!("{}-service", kind.name());
+        let service = Service::start(kind, &cluster, "127.0.0.1:9", &group).await;
+        let _stop = service.stop_on_drop();
+        let db = cluster.client(kind.db()).await;
+        let post_to = |key: &'static str, body: serde_json::Value| {
+            let addr = service.addr;
+            async move {
+                request_with(
+                    addr,
+                    "POST",
+                    path,
+                    &[("Idempotency-Key", key)],
+                    Some(&body.to_string()),
+                )
+                .await
+            }
+        };
+        let first = post_to("one", body.clone()).await;
+        assert_eq!(first.status, 202, "{path}: {}", first.body);
+        assert_eq!(
+            seen(&post_to("one", body.clone()).await),
+            seen(&first),
+            "{path}"
+        );
+        let conflict = post_to("one", other).await;
+        assert_eq!(conflict.status, 422, "{path}: {}", conflict.body);
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(20));
+        let requests: Vec<_> = (0..20)
+            .map(|_| {
+                let (start, request) = (start.clone(), post_to("two", body.clone()));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    seen(&request.await)
+                })
+            })
+            .collect();
+        let mut responses = Vec::new();
+        for request in requests {
+            responses.push(request.await.unwrap());
+        }
+        assert_eq!(responses[0].0, 202, "{path}: {:?}", responses[0]);
+        assert!(
+            responses.iter().all(|r| *r == responses[0]),
+            "{path}: {responses:#?}"
+        );
+        let row = db
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {table}), (SELECT count(*) FROM outbox), \
+                     (SELECT count(*) FROM idempotency_keys)"
+                ),
+                &[],
+            )
+            .await
+            .unwrap();
+        let counts: (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        assert_eq!(
+            counts,
+            (2, 2, 2),
+            "{path}: one resource per key, one event, one key"
+        );
+        service.stop().await;
+    }
+}

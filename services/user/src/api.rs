@@ -1,13 +1,14 @@
 //! `POST /users` (202 + `Location`), `GET /users/{id}` (the status to poll), `/healthz`.
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use saga_kit::db::Pool;
 use saga_kit::http::ApiError;
+use saga_kit::idempotency::{self, Begin, StoredResponse};
 use saga_kit::outbox::{self, OutboxEvent};
 use serde::Deserialize;
 use serde_json::json;
@@ -63,11 +64,18 @@ impl Register {
     }
 }
 
+/// The idempotency scope of `POST /users`.
+pub const CREATE_SCOPE: &str = "POST /users";
+
+/// The body is taken as bytes, so an `Idempotency-Key` can be matched against its hash
+/// (see `saga_kit::idempotency`), then parsed as `Json` would.
 async fn register(
     State(pool): State<Pool>,
-    body: Result<Json<Register>, JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let Json(user) = body?;
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = idempotency::key(&headers)?;
+    let Json(user) = Json::<Register>::from_bytes(&body)?;
     let login = user.validate()?;
     let id = Uuid::new_v4();
     // PBKDF2 is CPU work: off the async workers.
@@ -75,10 +83,22 @@ async fn register(
     let password_hash = tokio::task::spawn_blocking(move || crate::password::hash(&password))
         .await
         .map_err(|e| ApiError::Invalid(format!("password hashing failed: {e}")))?;
+    // What a repeat must match: the body without its password, so that no deterministic
+    // function of the password is stored (a repeat with another password replays too).
+    let fingerprint =
+        serde_json::to_vec(&json!({ "login": login, "name": user.name })).expect("JSON of strings");
     let span = tracing::info_span!("register", user_id = %id, correlation_id = %id);
     async {
         let mut client = pool.get().await?;
         let tx = client.transaction().await?;
+        if let Some(key) = &key {
+            if let Begin::Replay(stored) =
+                idempotency::begin(&tx, CREATE_SCOPE, key, &fingerprint).await?
+            {
+                tracing::info!("repeated Idempotency-Key: the first response again");
+                return Ok(stored);
+            }
+        }
         tx.execute(
             "INSERT INTO users (id, login, name, status) VALUES ($1, $2, $3, 'PENDING')",
             &[&id, &login, &user.name],
@@ -97,17 +117,21 @@ async fn register(
             }),
         };
         outbox::write(&tx, &event).await?;
+        let response = StoredResponse {
+            status: StatusCode::ACCEPTED,
+            body: json!({ "userId": id, "status": "PENDING" }),
+            location: Some(format!("/users/{id}")),
+        };
+        if let Some(key) = &key {
+            idempotency::finish(&tx, CREATE_SCOPE, key, &response).await?;
+        }
         tx.commit().await?;
         tracing::info!(%login, "registration accepted (PENDING)");
-        Ok::<_, ApiError>(())
+        Ok::<_, ApiError>(response)
     }
     .instrument(span)
-    .await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/users/{id}"))],
-        Json(json!({ "userId": id, "status": "PENDING" })),
-    ))
+    .await
+    .map(IntoResponse::into_response)
 }
 
 async fn user_status(

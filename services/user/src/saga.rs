@@ -31,7 +31,12 @@ impl Handler for UserSaga {
                     .get_or_insert_with(|| "no reason given".into());
                 ("FAILED", answer)
             }
-            _ => return Ok(()),
+            other => {
+                return Err(HandleError::permanent(format!(
+                    "unknown event type {other:?} on {}: the user service handles AuthCreated and AuthCreationFailed",
+                    event.topic
+                )))
+            }
         };
         let reason = if status == "FAILED" {
             answer.reason
