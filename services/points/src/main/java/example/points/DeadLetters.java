@@ -1,5 +1,6 @@
 package example.points;
 
+import java.nio.charset.StandardCharsets;
 import java.util.UUID;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.slf4j.Logger;
@@ -12,8 +13,10 @@ import tools.jackson.databind.json.JsonMapper;
 
 /**
  * Sends a record that can never be applied to {@code <topic>.DLT} through the outbox, not
- * with a Kafka producer: the dead letter and the inbox row (when the record has a usable
- * {@code id}) commit together, so a replay of the topic dead-letters nothing twice.
+ * with a Kafka producer: the dead letter and its inbox row commit together, so a replay of
+ * the topic dead-letters nothing twice. The inbox key is the record's {@code id} header,
+ * or, when that is missing or not a UUID, a name-based UUID of where the record was read
+ * ({@code <topic>/<partition>@<offset>}), which a replay reads again at the same place.
  */
 @Service
 public class DeadLetters {
@@ -34,13 +37,15 @@ public class DeadLetters {
     public void write(ConsumerRecord<?, ?> record, String reason) {
         String origin = RecordHeaders.origin(record);
         String correlationId = RecordHeaders.correlationId(record);
+        String type = RecordHeaders.text(record, RecordHeaders.EVENT_TYPE);
         UUID id = PaymentEventReader.eventIdOrNull(record);
-        if (id != null && inbox.claim(id, RecordHeaders.text(record, RecordHeaders.EVENT_TYPE), correlationId,
-                record.topic()) == 0) {
-            log.info("record {} (event {}) already handled: not dead-lettered again", origin, id);
+        if (id == null) {
+            id = UUID.nameUUIDFromBytes(("dead-letter:" + origin).getBytes(StandardCharsets.UTF_8));
+        }
+        if (inbox.claim(id, type, correlationId, record.topic()) == 0) {
+            log.info("record {} (inbox id {}) already handled: not dead-lettered again", origin, id);
             return;
         }
-        String type = RecordHeaders.text(record, RecordHeaders.EVENT_TYPE);
         outbox.append(OutboxEvent.deadLetter(
                 aggregateType(record.topic()),
                 record.key() != null ? record.key().toString()
