@@ -1,5 +1,7 @@
 package example.points;
 
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 import org.springframework.context.annotation.Bean;
 import org.springframework.context.annotation.Configuration;
 import org.springframework.kafka.listener.DefaultErrorHandler;
@@ -24,6 +26,8 @@ import org.springframework.util.backoff.ExponentialBackOff;
  */
 @Configuration
 public class KafkaErrorHandling {
+    private static final Logger log = LoggerFactory.getLogger(KafkaErrorHandling.class);
+
     @Bean
     public DefaultErrorHandler errorHandler(DeadLetters deadLetters) {
         ExponentialBackOff backOff = new ExponentialBackOff(1_000, 2.0);
@@ -34,6 +38,13 @@ public class KafkaErrorHandling {
             }
         }, backOff);
         handler.addNotRetryableExceptions(MalformedEventException.class);
+        // Retries are otherwise silent: an operator must see why the partition is waiting.
+        handler.setRetryListeners((record, exception, attempt) -> {
+            try (var mdc = Correlation.put(record)) {
+                log.warn("record {} failed (attempt {}), retrying: {}", RecordHeaders.origin(record), attempt,
+                        exception.getMessage(), exception);
+            }
+        });
         handler.setCommitRecovered(true);
         return handler;
     }

@@ -5,8 +5,7 @@ import jakarta.persistence.Entity;
 import jakarta.persistence.Id;
 import jakarta.persistence.Table;
 import java.util.UUID;
-import org.hibernate.annotations.JdbcTypeCode;
-import org.hibernate.type.SqlTypes;
+import org.hibernate.annotations.ColumnTransformer;
 
 /**
  * A row of this service's outbox, the only way it publishes: saved in the transaction
@@ -35,9 +34,12 @@ public class OutboxEvent {
     @Column(name = "correlation_id", nullable = false)
     private String correlationId;
 
-    /** JSON text, bound as {@code jsonb} (Hibernate passes a String through unchanged). */
-    @JdbcTypeCode(SqlTypes.JSON)
-    @Column(nullable = false)
+    /**
+     * JSON text, cast to {@code jsonb} by PostgreSQL on insert. Not {@code @JdbcTypeCode(SqlTypes.JSON)}:
+     * Hibernate 7 then needs a JSON FormatMapper, and finds none with Boot 4's Jackson 3 alone.
+     */
+    @Column(nullable = false, columnDefinition = "jsonb")
+    @ColumnTransformer(write = "?::jsonb")
     private String payload;
 
     @Column(name = "dlt_reason")
