@@ -25,6 +25,8 @@ JAR=$(build_points_service)
 
 services_init points
 trap services_cleanup EXIT
+# A signal (timeout, Ctrl-C) exits through the EXIT trap too, so nothing is left running.
+trap 'exit 1' INT TERM
 pg_start
 broker_start
 psql_run postgres "CREATE DATABASE points"
@@ -90,6 +92,10 @@ completed() { # event id, payment id, user id, paid amount
   printf 'id:%s,eventType:ReservationCompleted,correlationId:%s\t%s\t{"paymentId": "%s", "reservationId": 7, "userId": %s, "paidAmount": %s}\n' \
     "$1" "$2" "$2" "$2" "$3" "$4"
 }
+produce() {
+  java -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.ConsoleProducer --bootstrap-server "127.0.0.1:$BROKER_PORT" \
+    --topic outbox.event.payment --property parse.key=true --property parse.headers=true 2>&1 | tr -d '\r' | { grep -v '^$' || true; }
+}
 {
   completed "$E1" "$P1" 11 25000                                        # 2500 points
   completed e0000000-0000-4000-8000-000000000002 "$P2" 11 12345         # 1200 points
@@ -100,8 +106,7 @@ completed() { # event id, payment id, user id, paid amount
   printf 'id:e0000000-0000-4000-8000-000000000006,eventType:ReservationCompleted,correlationId:%s\t%s\tnot json at all\n' "$P5" "$P5"
   printf 'id:e0000000-0000-4000-8000-000000000007,eventType:ReservationCompleted,correlationId:%s\t%s\t{"paymentId": "%s", "userId": 14}\n' "$P6" "$P6" "$P6"
   printf 'eventType:ReservationCompleted,correlationId:%s\t%s\t{"paymentId": "%s", "reservationId": 7, "userId": 15, "paidAmount": 1000}\n' "$P7" "$P7" "$P7"
-} | java -cp "$KAFKA_LIBS/*" org.apache.kafka.tools.ConsoleProducer --bootstrap-server "127.0.0.1:$BROKER_PORT" \
-      --topic outbox.event.payment --property parse.key=true --property parse.headers=true 2>&1 | tr -d '\r' | { grep -v '^$' || true; }
+} | produce
 
 # 9 records: 7 distinct ids and 1 without → 8 inbox rows (7 + the id-less record's origin);
 # outbox: 2 PointsRewarded, 2 PointsRewardFailed, 3 dead letters.
@@ -134,6 +139,20 @@ wait_log "$WORK/points-points-replay.log" 9 'already handled'
 after=$(sql "SELECT (SELECT count(*) FROM outbox), (SELECT count(*) FROM inbox), (SELECT string_agg(user_id || '=' || balance, ',' ORDER BY user_id) FROM point_balances)")
 echo "outbox rows|inbox rows|balances before: $before, after: $after"
 [[ "$before" == "$after" ]] || { echo "the replay changed something" >&2; exit 1; }
+echo "== a transient failure: PostgreSQL stopped, an event arrives, PostgreSQL back"
+as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/pg/data" -m fast -w stop >/dev/null
+P8=88888888-8888-4888-8888-888888888888
+completed e0000000-0000-4000-8000-000000000008 "$P8" 16 5000 | produce
+wait_log "$POINTS_LOG" 1 "$P8.*retrying"
+grep -m 1 "$P8.*retrying" "$POINTS_LOG" | sed 's/^.*WARN/WARN/'
+as_pg "$PG_BINDIR/pg_ctl" -D "$WORK/pg/data" -l "$WORK/pg/postgres.log" -w start >/dev/null
+wait_sql "SELECT balance FROM point_balances WHERE user_id = 16" 500
+echo "after the restart: $(curl -fsS "$POINTS_URL/points/16"); outbox rows: $(sql "SELECT count(*) FROM outbox")"
+deadline=$((SECONDS + 90))
+until published=$(tail_topic outbox.event.points | grep "key=$P8"); do
+  if ((SECONDS > deadline)); then echo "the relay did not publish $P8's reward; see $WORK/points-relay.log" >&2; exit 1; fi
+done
+echo "published by the relay (it reconnected by itself): $published"
 echo "== correlation ids in the service's log lines (MDC)"
 grep -m 3 "$P1" "$WORK/points-points-service.log" | sed 's/^.*INFO/INFO/'
 echo "verify: all checks passed"

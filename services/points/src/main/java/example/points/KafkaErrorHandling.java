@@ -40,22 +40,29 @@ public class KafkaErrorHandling {
         handler.addNotRetryableExceptions(MalformedEventException.class);
         // Retries are otherwise silent: an operator must see why the partition is waiting.
         handler.setRetryListeners((record, exception, attempt) -> {
-            try (var mdc = Correlation.put(record)) {
-                log.warn("record {} failed (attempt {}), retrying: {}", RecordHeaders.origin(record), attempt,
-                        exception.getMessage(), exception);
+            Throwable cause = rootCause(exception);
+            if (!(cause instanceof MalformedEventException)) {
+                try (var mdc = Correlation.put(record)) {
+                    log.warn("record {} failed (attempt {}), retrying: {}", RecordHeaders.origin(record), attempt,
+                            cause.toString(), exception);
+                }
             }
         });
         handler.setCommitRecovered(true);
         return handler;
     }
 
-    /** The message of the innermost cause, which names what was wrong with the record. */
+    /** Why the record was dead-lettered: the innermost cause, which names what was wrong with it. */
     private static String reason(Throwable exception) {
+        Throwable cause = rootCause(exception);
+        return cause instanceof MalformedEventException ? cause.getMessage() : cause.toString();
+    }
+
+    private static Throwable rootCause(Throwable exception) {
         Throwable cause = exception;
         while (cause.getCause() != null && cause.getCause() != cause) {
             cause = cause.getCause();
         }
-        return cause instanceof MalformedEventException ? cause.getMessage()
-                : cause.getClass().getSimpleName() + ": " + cause.getMessage();
+        return cause;
     }
 }
