@@ -34,23 +34,29 @@ install_rust_components() {
   fi
 }
 
-# The test broker: Apache Kafka, as jars from Maven Central (scripts/kafka/pom.xml)
-# copied into a cache folder outside the work tree; skipped when the pinned version is
-# there. Needs a Java runtime and Maven from Debian.
-install_kafka() {
-  source "$(dirname "${BASH_SOURCE[0]}")/../kafka/version.sh"
-  export KAFKA_LIBS="$KAFKA_HOME_DEFAULT/libs"
-  if [[ -f "$KAFKA_HOME_DEFAULT/.complete" ]]; then
-    return
-  fi
+# A JDK and Maven: they fetch Kafka's jars and build the Spring points service
+# (services/points, see scripts/lib/points.sh).
+install_java_build_tools() {
   local missing=()
-  command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+  command -v javac >/dev/null 2>&1 || missing+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null 2>&1 || missing+=(maven)
   if ((${#missing[@]})); then
     echo "== installing Debian packages: ${missing[*]}"
     as_root apt-get update -q
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends "${missing[@]}"
   fi
+}
+
+# The test broker: Apache Kafka, as jars from Maven Central (scripts/kafka/pom.xml)
+# copied into a cache folder outside the work tree; skipped when the pinned version is
+# there. Needs a JDK and Maven (install_java_build_tools).
+install_kafka() {
+  source "$(dirname "${BASH_SOURCE[0]}")/../kafka/version.sh"
+  export KAFKA_LIBS="$KAFKA_HOME_DEFAULT/libs"
+  if [[ -f "$KAFKA_HOME_DEFAULT/.complete" ]]; then
+    return
+  fi
+  install_java_build_tools
   echo "== installing Apache Kafka $KAFKA_VERSION into $KAFKA_HOME_DEFAULT (Maven Central)"
   local started=$SECONDS
   rm -rf "$KAFKA_HOME_DEFAULT"
@@ -92,6 +98,7 @@ install_kubernetes_validate() {
 install_test_dependencies() {
   install_debian_packages
   install_rust_components
+  install_java_build_tools
   install_kafka
   install_kubernetes_validate
 }

@@ -16,6 +16,7 @@ pub mod http;
 pub mod kafka;
 #[path = "../../../../tests/common/pg.rs"]
 pub mod pg;
+pub mod points;
 // `kafka` can start a broker behind the fault proxy; the saga tests do not use that.
 pub mod process;
 #[path = "../../../../tests/common/proxy.rs"]

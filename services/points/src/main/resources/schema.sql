@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     correlation_id text  NOT NULL,      -- header `correlationId`: the saga (payment) id
     payload        jsonb NOT NULL,      -- Kafka value
     dlt_reason     text  NULL,          -- header `dltReason`, dead letters only
-    dlt_origin     text  NULL           -- header `dltOrigin`, <topic>/<partition>@<offset>
+    dlt_origin     text  NULL           -- header `dltOrigin`, <topic>/<partition>/<offset>
 );
 
 -- Events already handled, by their `id` header, written in the same transaction.

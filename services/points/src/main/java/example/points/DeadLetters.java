@@ -16,7 +16,7 @@ import tools.jackson.databind.json.JsonMapper;
  * with a Kafka producer: the dead letter and its inbox row commit together, so a replay of
  * the topic dead-letters nothing twice. The inbox key is the record's {@code id} header,
  * or, when that is missing or not a UUID, a name-based UUID of where the record was read
- * ({@code <topic>/<partition>@<offset>}), which a replay reads again at the same place.
+ * ({@code <topic>/<partition>/<offset>}), which a replay reads again at the same place.
  */
 @Service
 public class DeadLetters {

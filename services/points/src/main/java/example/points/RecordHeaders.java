@@ -27,8 +27,8 @@ final class RecordHeaders {
         return record.key() == null ? null : record.key().toString();
     }
 
-    /** Where the record was read, {@code <topic>/<partition>@<offset>}: the outbox's {@code dlt_origin}. */
+    /** Where the record was read, {@code <topic>/<partition>/<offset>}: the outbox's {@code dlt_origin}. */
     static String origin(ConsumerRecord<?, ?> record) {
-        return record.topic() + "/" + record.partition() + "@" + record.offset();
+        return record.topic() + "/" + record.partition() + "/" + record.offset();
     }
 }
