@@ -1,4 +1,4 @@
-# The example saga on loopback (scripts/demo.sh): three services and their relays, each
+# The example sagas on loopback (scripts/demo.sh): the services and their relays, each
 # relay from its shipped config/<service>-relay.toml. Needs services.sh (PG_PORT,
 # BROKER_PORT, WORK, free_port, services_track) and RELAY / SERVICE_BIN set.
 
@@ -33,11 +33,16 @@ saga_stop() {
     kill -TERM "${SAGA_PIDS[$i]}" 2>/dev/null || true
     status=0
     wait "${SAGA_PIDS[$i]}" || status=$?
-    echo "${SAGA_NAMES[$i]} exited $status"
+    # A JVM stopped by SIGTERM exits 143 after Spring's graceful shutdown.
+    if [[ "${SAGA_NAMES[$i]}" == points-service && $status -eq 143 ]]; then
+      echo "${SAGA_NAMES[$i]} exited 143 (the JVM's exit status after SIGTERM)"
+    else
+      echo "${SAGA_NAMES[$i]} exited $status"
+    fi
   done
 }
 
-# Starts <service> (order|product|delivery) on database $2 on a free loopback port; sets
+# Starts <service> (order|product|delivery|payment|user|auth) on database $2 on a free loopback port; sets
 # <SERVICE>_URL (e.g. ORDER_URL=http://127.0.0.1:port) once /healthz answers.
 saga_start_service() {
   local name=$1 db=$2 port pid var
@@ -45,6 +50,7 @@ saga_start_service() {
   DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$db" \
     KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" LISTEN_ADDR="127.0.0.1:$port" \
     UNDELIVERABLE_ADDRESS_CONTAINS="${UNDELIVERABLE_ADDRESS_CONTAINS:-nowhere}" \
+    REFUND_REFUSED_CARD_CONTAINS="${REFUND_REFUSED_CARD_CONTAINS:-refund-declined}" \
     "$SERVICE_BIN/$name-service" >"$WORK/$name-service.log" 2>&1 &
   pid=$!
   saga_track "$name-service" "$pid"
@@ -57,6 +63,29 @@ saga_start_service() {
   var="$(tr '[:lower:]' '[:upper:]' <<<"$name")_URL"
   printf -v "$var" 'http://127.0.0.1:%s' "$port"
   echo "$name-service on 127.0.0.1:$port (log: $WORK/$name-service.log)"
+}
+
+# Starts the Spring Boot points service ($POINTS_JAR, see points.sh) on database $1,
+# refusing rewards to the comma-separated users $2 and above $3 points; sets POINTS_URL
+# once /healthz answers. Its log is $WORK/points-service.log.
+saga_start_points() {
+  local db=$1 blocked=$2 max_reward=$3 port pid
+  port=$(free_port)
+  SPRING_DATASOURCE_URL="jdbc:postgresql://127.0.0.1:$PG_PORT/$db" \
+    SPRING_DATASOURCE_USERNAME=postgres SPRING_DATASOURCE_PASSWORD= \
+    KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" SERVER_PORT="$port" \
+    POINTS_BLOCKED_USERS="$blocked" POINTS_MAX_REWARD="$max_reward" \
+    java -XX:TieredStopAtLevel=1 -jar "$POINTS_JAR" >"$WORK/points-service.log" 2>&1 &
+  pid=$!
+  saga_track "points-service" "$pid"
+  local deadline=$((SECONDS + 120))
+  until curl -fsS "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; do
+    kill -0 "$pid" 2>/dev/null || { echo "points-service exited; see $WORK/points-service.log" >&2; exit 1; }
+    if ((SECONDS > deadline)); then echo "points-service did not answer" >&2; exit 1; fi
+    sleep 0.5
+  done
+  POINTS_URL="http://127.0.0.1:$port"
+  echo "points-service (Spring Boot) on 127.0.0.1:$port (log: $WORK/points-service.log)"
 }
 
 # Runs `outbox-relay <args>` with the environment config/<service>-relay.toml reads.
