@@ -2,7 +2,8 @@
 //! failure: the Rust payment service (two replicas) and the Spring Boot points service,
 //! each with its own database and its own real relay, one real broker. The payment relay
 //! is SIGKILLed mid-run and started again; at the end every topic is replayed from the
-//! beginning to fresh consumer groups, which must change nothing.
+//! beginning to fresh consumer groups, which must change nothing. A poison record on the
+//! points service's topic goes to its dead-letter topic and the partition moves on.
 
 mod support;
 
@@ -10,6 +11,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 use support::http::request;
@@ -338,7 +341,77 @@ async fn payments_end_completed_refunded_or_needing_attention_through_a_relay_ki
         "saga_compensation_failed_total"
     );
 
-    // Replaying every topic from the beginning to fresh consumer groups changes nothing.
+    // A poison record on the points service's topic goes to `<topic>.DLT` through its
+    // outbox, with the reason; the payments placed after it are still rewarded.
+    let poison_id = uuid::Uuid::new_v4().to_string();
+    let producer: FutureProducer = env.broker.client_config().create().expect("producer");
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "id",
+            value: Some(poison_id.as_bytes()),
+        })
+        .insert(Header {
+            key: "eventType",
+            value: Some(b"ReservationCompleted".as_slice()),
+        });
+    producer
+        .send(
+            FutureRecord::<str, [u8]>::to("outbox.event.payment")
+                .key("poison")
+                .payload(b"{not json".as_slice())
+                .headers(headers),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_or_else(|(e, _)| panic!("produce the poison record: {e}"));
+    let after_poison = place(&env, PAYMENTS, PAYMENTS + 4).await;
+    let letters = env
+        .broker
+        .consume_until(&["outbox.event.payment.DLT"], SETTLE, |records| {
+            !records.is_empty()
+        })
+        .await;
+    let reason = letters[0]
+        .header_str("dltReason")
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reason.contains("JSON"),
+        "the dead letter says why: {:#?}",
+        letters[0]
+    );
+    assert!(
+        letters[0]
+            .header_str("dltOrigin")
+            .is_some_and(|o| o.starts_with("outbox.event.payment/")),
+        "{:#?}",
+        letters[0]
+    );
+    placed.extend(after_poison);
+    let settled = wait_for(
+        "the payments after the poison record to end",
+        SETTLE,
+        || async {
+            let state = state(&env).await;
+            let done = placed.iter().all(|p| {
+                state
+                    .payments
+                    .get(&p.id)
+                    .is_some_and(|(s, _)| s == p.expected())
+            });
+            // The points outbox also holds the dead letter, which the payment service never reads.
+            let drained = state.inbox["payment"] + 1 == state.outbox["points"];
+            if done && drained {
+                Ok(state)
+            } else {
+                Err(format!("outbox {:?} inbox {:?}", state.outbox, state.inbox))
+            }
+        },
+    )
+    .await;
+
+    // Replaying every topic from the beginning to fresh consumer groups changes nothing
+    // (the poison record's dead letter included).
     points.stop().await;
     env.restart_services("replay").await;
     let replay_points = start_points(&env, "replay-points").await;
