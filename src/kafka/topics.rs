@@ -135,12 +135,7 @@ impl TopicManager {
             return Ok(());
         }
         if self.create {
-            // Only when missing: CreateTopics needs the controller, which can stay busy
-            // for minutes after a broker was frozen (seen in CI), while the metadata a
-            // broker serves says at once that the topic is there.
-            if !self.exists(topic)? {
-                self.create_topic(topic).await?;
-            }
+            self.create_topic(topic).await?;
         } else if self.seen.contains(topic) {
             if !self.exists(topic)? {
                 return Err(PublishError::TopicGone(topic.to_string()));
