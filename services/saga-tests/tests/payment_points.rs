@@ -400,7 +400,10 @@ async fn payments_end_completed_refunded_or_needing_attention_through_a_relay_ki
                     .is_some_and(|(s, _)| s == p.expected())
             });
             // The points outbox also holds the dead letter, which the payment service never reads.
-            let drained = state.inbox["payment"] + 1 == state.outbox["points"];
+            // And the points service has read every payment event, and the poison record
+            // (its inbox row is written with its dead letter).
+            let drained = state.inbox["payment"] + 1 == state.outbox["points"]
+                && state.inbox["points"] == state.outbox["payment"] + 1;
             if done && drained {
                 Ok(state)
             } else {
