@@ -30,6 +30,9 @@ pub const TRANSACTIONS: &str = "outbox_relay_transactions_total";
 /// Commit in PostgreSQL to acknowledgement by Kafka, per delivered record (dead letters
 /// included).
 pub const DELIVERY_LATENCY: &str = "outbox_relay_delivery_latency_seconds";
+/// Commit to the relay's read of the Commit message: the walsender's and the network's
+/// share of [`DELIVERY_LATENCY`] (see bench/README.md, "Where the latency goes").
+pub const READ_LATENCY: &str = "outbox_relay_read_latency_seconds";
 /// Now minus the commit time of the oldest transaction not yet acknowledged; with none
 /// pending, now minus the last time the relay was caught up (or the last received commit,
 /// if later) while the server's known WAL end is ahead of what it handled; 0 only when
@@ -93,9 +96,11 @@ pub const KAFKA_BROKER_RTT: &str = "outbox_relay_kafka_broker_rtt_seconds";
 /// Transmit errors since start from librdkafka's statistics, by broker.
 pub const KAFKA_BROKER_TX_ERRORS: &str = "outbox_relay_kafka_broker_tx_errors";
 
-/// Delivery latency buckets, in seconds: from a millisecond to a minute.
+/// Latency buckets, in seconds: from half a millisecond to a minute, fine below 10 ms,
+/// where a relay that keeps up spends its time.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0,
 ];
 
 /// How often the upkeep thread folds histogram samples into their buckets: the crate's
@@ -120,6 +125,7 @@ pub enum MetricsError {
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(READ_LATENCY.into()), LATENCY_BUCKETS)?
         .set_buckets_for_metric(
             Matcher::Full(KAFKA_TRANSACTION_COMMIT.into()),
             LATENCY_BUCKETS,
@@ -175,6 +181,11 @@ pub fn describe() {
         DELIVERY_LATENCY,
         Unit::Seconds,
         "Time from the PostgreSQL commit to the Kafka acknowledgement, per delivered record (dead letters included)"
+    );
+    describe_histogram!(
+        READ_LATENCY,
+        Unit::Seconds,
+        "Time from the PostgreSQL commit to the relay having read the transaction's Commit message from the slot, per transaction: the walsender's and the network's share of the delivery latency"
     );
     describe_gauge!(
         LAG_SECONDS,

@@ -32,7 +32,7 @@
 //! is never lost. `outbox_relay_kafka_unconfirmed_deliveries_total` counts them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,16 +54,27 @@ use crate::health::Health;
 use crate::metrics as metric;
 use crate::outbox::OutboundRecord;
 use crate::replication::pgoutput::Oid;
-use crate::replication::stream::{postgres_now_micros, POSTGRES_EPOCH_OFFSET_MICROS};
+use crate::replication::stream::POSTGRES_EPOCH_OFFSET_MICROS;
 use crate::source::SourceEvent;
 
 /// Records waiting this long without any delivery report make the relay unready.
 const STALLED_AFTER: Duration = Duration::from_secs(5);
 
 fn unix_millis() -> u64 {
+    unix_micros() / 1000
+}
+
+fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+thread_local! {
+    /// The `outbox_relay_events_total` handle of the last delivery report on this thread
+    /// (librdkafka's polling thread): table OID, topic, counter.
+    static LAST_DELIVERED: std::cell::RefCell<Option<(Oid, Box<str>, Counter)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// How long a newly created topic may take to appear in the producer's metadata.
@@ -147,6 +158,9 @@ pub struct DeliveryContext {
     /// When the last delivery report arrived (ms since the Unix epoch).
     last_report_ms: AtomicU64,
     failure: Mutex<Option<FailedDelivery>>,
+    /// Set once `failure` or `credentials` holds something: the per-record check before
+    /// each send is then one atomic load while all is well.
+    faulted: AtomicBool,
     /// Why the broker refused the relay's credentials, once it has.
     credentials: Mutex<Option<String>>,
     /// Who the relay authenticates as, for the operator's fix.
@@ -180,6 +194,7 @@ impl ClientContext for DeliveryContext {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get_or_insert_with(|| reason.to_owned());
+            self.faulted.store(true, Ordering::Release);
             self.health.set_kafka_up(false);
             self.delivered.notify_one();
             return;
@@ -226,7 +241,9 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
         let Sent { order, in_flight } = *sent;
-        self.last_report_ms.store(unix_millis(), Ordering::Relaxed);
+        let now_unix_micros = unix_micros();
+        self.last_report_ms
+            .store(now_unix_micros / 1000, Ordering::Relaxed);
         let Some(in_flight) = in_flight else {
             // The relay's own record: only a failure matters (it fails the transaction).
             match result {
@@ -276,7 +293,7 @@ impl ProducerContext for DeliveryContext {
                     seq = seq.0,
                     "delivered"
                 );
-                self.count_delivery(&in_flight.event, message.topic());
+                self.count_delivery(&in_flight.event, message.topic(), now_unix_micros);
                 if !self.acknowledge_on_delivery {
                     // Exactly-once: acknowledged when its transaction commits.
                 } else if let Err(e) = self.checkpoint.ack(seq, 1) {
@@ -327,31 +344,46 @@ impl DeliveryContext {
         unix_millis().saturating_sub(self.last_report_ms.load(Ordering::Relaxed))
     }
 
-    fn count_delivery(&self, event: &SourceEvent, topic: &str) {
+    fn count_delivery(&self, event: &SourceEvent, topic: &str, now_unix_micros: u64) {
         let commit_unix_micros = event.transaction.commit_ts_micros + POSTGRES_EPOCH_OFFSET_MICROS;
-        let now_unix_micros = postgres_now_micros() + POSTGRES_EPOCH_OFFSET_MICROS;
         self.latency
-            .record((now_unix_micros - commit_unix_micros).max(0) as f64 / 1e6);
+            .record((now_unix_micros as i64 - commit_unix_micros).max(0) as f64 / 1e6);
         let crate::source::Change::Insert { relation, .. } = &event.change else {
             return;
         };
+        // Reports come in bursts of one partition's batch: the same table and topic as the
+        // report before, whose counter handle the polling thread keeps at hand.
+        let hit = LAST_DELIVERED.with_borrow(|last| match last {
+            Some((oid, last_topic, counter)) if *oid == relation.oid && **last_topic == *topic => {
+                counter.increment(1);
+                true
+            }
+            _ => false,
+        });
+        if hit {
+            return;
+        }
         let mut counters = self
             .delivered_counters
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let by_topic = counters.entry(relation.oid).or_default();
-        if let Some(counter) = by_topic.get(topic) {
-            counter.increment(1);
-        } else {
-            let counter = metrics::counter!(metric::EVENTS, "table" => relation.qualified_name(), "topic" => topic.to_owned());
-            counter.increment(1);
-            by_topic.insert(topic.to_owned(), counter);
-        }
+        let counter = match by_topic.get(topic) {
+            Some(counter) => counter.clone(),
+            None => {
+                let counter = metrics::counter!(metric::EVENTS, "table" => relation.qualified_name(), "topic" => topic.to_owned());
+                by_topic.insert(topic.to_owned(), counter.clone());
+                counter
+            }
+        };
+        counter.increment(1);
+        LAST_DELIVERED.set(Some((relation.oid, topic.into(), counter)));
     }
 
     fn record_failure(&self, topic: String, code: RDKafkaErrorCode, seq: TxnSeq) {
         let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
         failure.get_or_insert(FailedDelivery { topic, code, seq });
+        self.faulted.store(true, Ordering::Release);
     }
 }
 
@@ -382,6 +414,7 @@ impl EventProducer {
             connects: AtomicU64::new(0),
             last_report_ms: AtomicU64::new(unix_millis()),
             failure: Mutex::new(None),
+            faulted: AtomicBool::new(false),
             credentials: Mutex::new(None),
             principal: crate::policy::principal(&kafka.properties),
             refused: Mutex::new(Vec::new()),
@@ -433,6 +466,8 @@ impl EventProducer {
         in_flight: InFlight,
         order: u64,
     ) -> Result<(), (PublishError, InFlight)> {
+        // Built once: librdkafka takes the headers over with the record, and hands them
+        // back with a record the full queue refused, for the next attempt.
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (name, value) in &record.headers {
             headers = headers.insert(Header {
@@ -440,6 +475,7 @@ impl EventProducer {
                 value: Some(value.as_ref()),
             });
         }
+        let mut headers = Some(headers);
         let mut opaque = Box::new(Sent {
             order,
             in_flight: Some(in_flight),
@@ -449,8 +485,8 @@ impl EventProducer {
                 return Err((e, take_in_flight(*opaque)));
             }
             let mut message =
-                BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque)
-                    .headers(headers.clone());
+                BaseRecord::<[u8], [u8], Box<Sent>>::with_opaque_to(&record.topic, opaque);
+            message.headers = headers.take();
             if let Some(key) = &record.key {
                 message = message.key(key.as_ref());
             }
@@ -461,6 +497,7 @@ impl EventProducer {
                 Ok(()) => return Ok(()),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), refused)) => {
                     opaque = refused.delivery_opaque;
+                    headers = refused.headers;
                     if self.transactional_stalled() {
                         let error = PublishError::Produce {
                             topic: record.topic.to_string(),
@@ -728,6 +765,9 @@ impl EventProducer {
     /// The first delivery librdkafka gave up on, as an error.
     pub fn check_failures(&self) -> Result<(), PublishError> {
         let context = self.producer.context();
+        if !context.faulted.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let credentials = context
             .credentials
             .lock()

@@ -18,7 +18,9 @@
 //! replication connection lost while its rows are held, or any exactly-once abort) must
 //! not turn the held rows into dead letters. A restart of the process forgets it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+
+use foldhash::{HashMap, HashSet as FastSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -61,7 +63,7 @@ impl SeenTopics {
 pub struct TopicManager {
     admin: AdminClient<RebootstrapContext>,
     /// Confirmed in this pipeline run and not reported gone since.
-    known: HashSet<Arc<str>>,
+    known: FastSet<Arc<str>>,
     /// Confirmed at any time since the relay started.
     seen: SeenTopics,
     /// `max.message.bytes` of each known topic, read when it is first used.
@@ -100,15 +102,15 @@ impl TopicManager {
         client.context().0.attach(client.native_ptr());
         Ok(TopicManager {
             admin,
-            known: HashSet::new(),
+            known: FastSet::default(),
             seen,
-            limits: HashMap::new(),
+            limits: HashMap::default(),
             batch_size: kafka
                 .properties
                 .get("batch.size")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(LIBRDKAFKA_BATCH_SIZE),
-            missing_since: HashMap::new(),
+            missing_since: HashMap::default(),
             unknown_topic_wait: Duration::from_millis(kafka.unknown_topic_wait_ms),
             create: kafka.create_topics,
             partitions: kafka.topic_partitions,
@@ -126,6 +128,12 @@ impl TopicManager {
     /// seen before, or that the producer does not find after the admin client did, is
     /// [`PublishError::TopicGone`] (held); only one never seen, with creation off, is
     /// [`PublishError::UnknownTopic`] (dead-lettered).
+    /// Whether `topic` was confirmed on this pipeline: [`TopicManager::ensure`] would
+    /// return at once. Checked first on every record, without an `await`.
+    pub fn is_known(&self, topic: &str) -> bool {
+        self.known.contains(topic)
+    }
+
     pub async fn ensure(
         &mut self,
         topic: &Arc<str>,

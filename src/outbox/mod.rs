@@ -20,7 +20,7 @@
 
 pub mod topic;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -208,7 +208,7 @@ impl Router {
             tables_configured: config.source.tables.clone(),
             publication: Arc::from(config.source.publication.as_str()),
             dlq_topic: Arc::from(config.dlq.topic.as_str()),
-            tables: HashMap::new(),
+            tables: HashMap::default(),
         }
     }
 

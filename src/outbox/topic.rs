@@ -3,7 +3,7 @@
 //! A leaf: it imports nothing of the crate, so the config's validation can use its rules
 //! without an import circle.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -46,7 +46,7 @@ impl TopicTemplate {
     pub fn new(template: &str) -> Self {
         TopicTemplate {
             template: template.to_owned(),
-            cache: HashMap::new(),
+            cache: HashMap::default(),
         }
     }
 

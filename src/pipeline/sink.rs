@@ -54,6 +54,8 @@ pub(super) struct Sink {
     /// A table fault holds the stream: nothing more is published (see
     /// [`Sink::hold_for_table`]).
     pub(super) table_held: bool,
+    /// `outbox_relay_events_ignored_total` handles by table and operation, made once each.
+    pub(super) ignored: foldhash::HashMap<(Arc<str>, &'static str), metrics::Counter>,
     /// With `kafka.delivery = "exactly_once"`: the Kafka transactions (see
     /// [`super::exactly_once`]).
     pub(super) exactly_once: Option<ExactlyOnce>,
@@ -160,10 +162,14 @@ impl Sink {
                 continue;
             }
             match self.router.route(&event.change) {
-                Routed::Publish(record) => self.publish_record(&event, record, shutdown).await?,
+                Routed::Publish(record) => self.publish_record(event, record, shutdown).await?,
                 Routed::Ignore { table, operation } => {
                     debug!(%table, operation, "ignored outbox operation");
-                    metrics::counter!(metric::EVENTS_IGNORED, "table" => table.to_string(), "op" => operation)
+                    self.ignored
+                        .entry((Arc::clone(&table), operation))
+                        .or_insert_with(|| {
+                            metrics::counter!(metric::EVENTS_IGNORED, "table" => table.to_string(), "op" => operation)
+                        })
                         .increment(1);
                     self.ack(&event)?;
                 }
@@ -224,10 +230,11 @@ impl Sink {
         }
     }
 
-    /// Sends a routed record; a failure that concerns only this row dead-letters it.
+    /// Sends a routed record; a failure that concerns only this row dead-letters it. The
+    /// event moves into what librdkafka carries until its delivery report (no copy).
     async fn publish_record(
         &mut self,
-        event: &SourceEvent,
+        event: SourceEvent,
         record: OutboundRecord,
         shutdown: &CancellationToken,
     ) -> Result<(), RelayError> {
@@ -238,7 +245,7 @@ impl Sink {
             "sending"
         );
         if let Some(eos) = &self.exactly_once {
-            if refused_before(&eos.refusals, event, &record) {
+            if refused_before(&eos.refusals, &event, &record) {
                 let reason = dlq::Reason {
                     class: "kafka_rejected",
                     message: format!(
@@ -248,15 +255,20 @@ impl Sink {
                 };
                 let policy = Arc::clone(&record.policy);
                 return self
-                    .reject(event, &policy, Some(&record), reason, shutdown)
+                    .reject(&event, &policy, Some(&record), reason, shutdown)
                     .await;
             }
         }
+        let ensured = if self.topics.is_known(&record.topic) {
+            Ok(())
+        } else {
+            self.ensure_topic(&record.topic, shutdown).await
+        };
         let in_flight = InFlight {
-            event: event.clone(),
+            event,
             dead_letter: None,
         };
-        let sent = match self.ensure_topic(&record.topic, shutdown).await {
+        let sent = match ensured {
             Ok(()) => match self.topics.max_message_bytes(&record.topic) {
                 // The broker would refuse it, and a broker refusal holds the topic: this
                 // row is the one at fault, so it is checked (and dead-lettered) here.
@@ -272,7 +284,7 @@ impl Sink {
                     };
                     let policy = Arc::clone(&record.policy);
                     return self
-                        .reject(event, &policy, Some(&record), reason, shutdown)
+                        .reject(&in_flight.event, &policy, Some(&record), reason, shutdown)
                         .await;
                 }
                 _ => self.producer.try_send(&record, in_flight).await,
@@ -289,7 +301,7 @@ impl Sink {
                     message: error.to_string(),
                 };
                 let policy = Arc::clone(&record.policy);
-                self.reject(event, &policy, Some(&record), reason, shutdown)
+                self.reject(&in_flight.event, &policy, Some(&record), reason, shutdown)
                     .await
             }
             // Exactly-once: the transaction cannot commit; the pipeline restarts with

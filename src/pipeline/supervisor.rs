@@ -178,6 +178,7 @@ impl Pipeline {
             checkpoint: checkpoint.clone(),
             health: health.clone(),
             table_held: false,
+            ignored: Default::default(),
             exactly_once,
         };
         Ok(Pipeline { checkpoint, sink })

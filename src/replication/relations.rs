@@ -5,7 +5,7 @@
 //! always replaces: the newest Relation message for an OID is the shape of the rows that
 //! follow it. Entries are `Arc`s so events can carry their shape without copying it.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::pgoutput::{Oid, Relation};

@@ -191,7 +191,10 @@ impl Assembler {
     pub fn hand_over(&mut self) -> Result<EventBatch, AssemblyError> {
         self.register_current()?;
         self.registered = 0;
-        Ok(std::mem::take(&mut self.batch))
+        // The next batch starts with room for as many events as this one had (within the
+        // limit), instead of growing from empty by doubling.
+        let room = self.batch.len().min(self.max_batch_events);
+        Ok(std::mem::replace(&mut self.batch, Vec::with_capacity(room)))
     }
 
     /// The connection ended: releases every registered event still in the batch, drops

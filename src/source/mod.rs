@@ -36,10 +36,12 @@ pub mod publication;
 pub mod slot;
 pub mod status;
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use metrics::{Counter, Histogram};
 use tokio::sync::mpsc;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::{sleep_until, Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -119,6 +121,25 @@ pub struct Source {
     last_heard: Instant,
     /// Whether a reply was already requested since `last_heard`.
     pinged: bool,
+    /// Fires when the next status update is due. Kept across loop turns and moved only
+    /// when the schedule changes: a timer made afresh on every turn would be registered
+    /// and cancelled with the runtime's timer wheel each time.
+    status_timer: Pin<Box<Sleep>>,
+    /// Fires at [`Source::silence_deadline`], kept the same way.
+    silence_timer: Pin<Box<Sleep>>,
+    /// `outbox_relay_transactions_total`, counted at every Commit.
+    transactions: Counter,
+    /// `outbox_relay_read_latency_seconds`, recorded at every Commit.
+    read_latency: Histogram,
+    /// Commit time of the transaction being read (from its Begin).
+    open_commit_ts_micros: i64,
+}
+
+/// Moves `timer` to `deadline` unless it is already set there.
+fn aim(timer: &mut Pin<Box<Sleep>>, deadline: Instant) {
+    if timer.deadline() != deadline {
+        timer.as_mut().reset(deadline);
+    }
 }
 
 /// Why the streaming loop ended without an error.
@@ -225,6 +246,11 @@ impl Source {
             lag: LagClock::new(crate::replication::stream::postgres_now_micros()),
             last_heard: Instant::now(),
             pinged: false,
+            status_timer: Box::pin(sleep_until(Instant::now())),
+            silence_timer: Box::pin(sleep_until(Instant::now())),
+            transactions: metrics::counter!(metric::TRANSACTIONS),
+            read_latency: metrics::histogram!(metric::READ_LATENCY),
+            open_commit_ts_micros: 0,
         })
     }
 
@@ -285,13 +311,15 @@ impl Source {
         halt: &CancellationToken,
     ) -> Result<Stop, ReplicationError> {
         loop {
-            let silence = self.silence_deadline();
+            let (due, silence) = (self.status.due(), self.silence_deadline());
+            aim(&mut self.status_timer, due);
+            aim(&mut self.silence_timer, silence);
             // Timers first: a busy stream must not starve the heartbeat.
             tokio::select! {
                 biased;
                 _ = halt.cancelled() => return Ok(Stop::Halt),
                 _ = shutdown.cancelled() => return Ok(Stop::Drain),
-                _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+                _ = &mut self.status_timer => self.send_status(false).await?,
                 _ = self.checkpoint.advanced() => {
                     self.status.progressed(self.checkpoint.flushed(), Instant::now());
                 }
@@ -311,7 +339,7 @@ impl Source {
                     // the server during that time says nothing about the connection.
                     self.heard();
                 }
-                _ = sleep_until(silence) => self.on_silence().await?,
+                _ = &mut self.silence_timer => self.on_silence().await?,
             }
         }
     }
@@ -380,6 +408,8 @@ impl Source {
             return Ok(None);
         }
         loop {
+            let due = self.status.due();
+            aim(&mut self.status_timer, due);
             tokio::select! {
                 biased;
                 permit = events.reserve() => {
@@ -393,7 +423,7 @@ impl Source {
                 }
                 _ = halt.cancelled() => return Ok(Some(Stop::Halt)),
                 _ = shutdown.cancelled() => return Ok(Some(Stop::Drain)),
-                _ = sleep_until(self.status.due()) => self.send_status(false).await?,
+                _ = &mut self.status_timer => self.send_status(false).await?,
             }
         }
     }
@@ -418,6 +448,7 @@ impl Source {
                 }
                 match self.assembler.apply(decoded)? {
                     Step::Began(transaction) => {
+                        self.open_commit_ts_micros = transaction.commit_ts_micros;
                         self.lag.received(transaction.commit_ts_micros);
                         let restarts = self.settings.history.lock().began(transaction.commit_lsn);
                         if let Some(restarts) = restarts {
@@ -432,7 +463,10 @@ impl Source {
                     }
                     Step::Committed { flushed } => {
                         self.status.progressed(flushed, Instant::now());
-                        metrics::counter!(metric::TRANSACTIONS).increment(1);
+                        self.transactions.increment(1);
+                        let read_after = crate::replication::stream::postgres_now_micros()
+                            - self.open_commit_ts_micros;
+                        self.read_latency.record(read_after.max(0) as f64 / 1e6);
                     }
                     Step::Other => {}
                 }
