@@ -337,6 +337,9 @@ public final class DebeziumBench {
         defaults.put("org.slf4j.simpleLogger.defaultLogLevel", "info");
         // Kafka's clients and Connect runtime print every config they parse at INFO.
         defaults.put("org.slf4j.simpleLogger.log.org.apache.kafka", "warn");
+        // Debezium's per-event lag statistics warn for every event their queue drops when
+        // the statistics thread falls behind (a busy machine): thousands of lines.
+        defaults.put("org.slf4j.simpleLogger.log.io.debezium.metrics.stats.MeasurementCollector", "error");
         defaults.put("org.slf4j.simpleLogger.showDateTime", "true");
         defaults.put("org.slf4j.simpleLogger.dateTimeFormat", "HH:mm:ss.SSS");
         defaults.put("org.slf4j.simpleLogger.logFile", "System.err");
