@@ -69,6 +69,9 @@ public final class DebeziumBench {
     }
 
     public static void main(String[] argv) throws Exception {
+        // SIGTERM and SIGINT stop the engine cleanly (exit 0) instead of the JVM's exit 143.
+        sun.misc.Signal.handle(new sun.misc.Signal("TERM"), signal -> stopRequested = true);
+        sun.misc.Signal.handle(new sun.misc.Signal("INT"), signal -> stopRequested = true);
         setLoggingDefaults();
         final Map<String, String> args = parseArgs(argv);
         final String profile = args.getOrDefault("profile", "default");
@@ -144,8 +147,11 @@ public final class DebeziumBench {
                 .notifying(sink)
                 .build();
 
-        sun.misc.Signal.handle(new sun.misc.Signal("TERM"), signal -> stopRequested = true);
-        sun.misc.Signal.handle(new sun.misc.Signal("INT"), signal -> stopRequested = true);
+        if (stopRequested) {
+            producer.close(Duration.ofSeconds(30));
+            System.out.println("stopped 0");
+            System.exit(0);
+        }
 
         final long engineStartNanos = System.nanoTime();
         System.out.println("timing jvm_to_engine_ms=" + (System.currentTimeMillis()
