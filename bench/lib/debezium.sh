@@ -9,7 +9,8 @@
 #   debezium_start SLOT PUBLICATION TOPIC_PREFIX PROFILE LOG [EXPECT]
 #                                       start it (needs PG_PORT, DB, BROKER_PORT, WORK); sets DBZ_PID
 #   debezium_wait_drained LOG EXPECT STALL_SECONDS
-#                                       wait for Kafka's EXPECT-th ack; sets DBZ_DRAIN_SECONDS
+#                                       wait for Kafka's EXPECT-th ack; sets DBZ_DRAIN_SECONDS,
+#                                       DBZ_DRAINED_AT, DBZ_ACKED
 #   debezium_stop                       SIGTERM, wait, expect exit 0; sets DBZ_HWM_KB
 #
 # Environment: DBZ_JAVA_OPTS (extra JVM options, default none: the JVM's own defaults).
@@ -111,23 +112,27 @@ debezium_start() {
 # debezium_wait_drained LOG EXPECT STALL_SECONDS
 # Polls LOG every ~100 ms (reading only the new lines, with builtins) until the harness
 # printed "drained": Kafka acknowledged EXPECT records. Sets DBZ_DRAIN_SECONDS (the
-# harness's own figure: seconds from the engine's start to that ack) and DBZ_ACKED. Fails
-# when the harness exits first or its ack count stays put for STALL_SECONDS.
+# harness's own figure: seconds from the engine's start to that ack, without the JVM's
+# start, about 2-3 s), DBZ_DRAINED_AT (when that ack came, in EPOCHREALTIME's form, to
+# measure from the process start like the relay: DBZ_DRAINED_AT minus an EPOCHREALTIME
+# taken before debezium_start) and DBZ_ACKED. Fails when the harness exits first or its
+# ack count stays put for STALL_SECONDS.
+# shellcheck disable=SC2034 # DBZ_ACKED, DBZ_DRAIN_SECONDS, DBZ_DRAINED_AT: read by the caller
 debezium_wait_drained() {
   local log=$1 expect=$2 stall=$3
   ((expect == DBZ_EXPECT)) ||
     _dbz_fail "$log" "debezium_start was given EXPECT ${DBZ_EXPECT:-0}, debezium_wait_drained $expect"
-  local fd line partial="" word n rest acked=0 last_move=$SECONDS
+  local fd line partial="" word n secs epoch_ms acked=0 last_move=$SECONDS
   exec {fd}<"$log"
   while :; do
     while IFS= read -r line <&"$fd"; do
       line=$partial$line partial=""
-      read -r word n rest <<<"$line"
+      read -r word n secs epoch_ms <<<"$line"
       case $word in
         acked) acked=$n last_move=$SECONDS ;;
         drained)
-          # shellcheck disable=SC2034 # read by the caller
-          DBZ_ACKED=$n DBZ_DRAIN_SECONDS=$rest
+          DBZ_ACKED=$n DBZ_DRAIN_SECONDS=$secs
+          printf -v DBZ_DRAINED_AT '%d.%03d' $((epoch_ms / 1000)) $((epoch_ms % 1000))
           exec {fd}<&-
           return 0 ;;
       esac

@@ -48,7 +48,8 @@ import io.debezium.engine.DebeziumEngine;
  *     for every setting given explicitly (all others are Debezium's and Kafka's defaults);
  * <li>{@code started}: the engine polls and a walsender streams the slot to it;
  * <li>{@code acked N EPOCH_MS} every ~100 ms while N (records acknowledged by Kafka) grows;
- * <li>{@code drained N SECONDS} once N reached --expect (seconds since the engine started);
+ * <li>{@code drained N SECONDS EPOCH_MS} once N reached --expect: seconds from the engine's
+ *     start to that ack, and when it came;
  * <li>{@code stopped N} after a clean stop on SIGTERM/SIGINT (exit 0), or
  *     {@code failed MESSAGE} when the engine failed (exit 1).
  * </ul>
@@ -174,7 +175,8 @@ public final class DebeziumBench {
             final long drainedAt = sink.drainedAtNanos();
             if (!drainedPrinted && drainedAt != 0) {
                 drainedPrinted = true;
-                System.out.printf("drained %d %.3f%n", acked, (drainedAt - engineStartNanos) / 1e9);
+                final long drainedEpochMs = System.currentTimeMillis() - (System.nanoTime() - drainedAt) / 1_000_000;
+                System.out.printf("drained %d %.3f %d%n", acked, (drainedAt - engineStartNanos) / 1e9, drainedEpochMs);
             }
         }
 
