@@ -60,11 +60,17 @@ install_debezium() {
   local started=$SECONDS partial="$DBZ_HOME.partial.$$"
   rm -rf "$partial"
   mkdir -p "$partial"
-  mvn -q -B -Dstyle.color=never -f "$DBZ_SRC/pom.xml" -Dbench.build.dir="$partial/build" \
-    package dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$partial/lib" ||
-    { rm -rf "$partial"; echo "bench: FAILED: the Debezium bench harness did not build" >&2; exit 1; }
+  # Maven's output goes to a log (shown when the build fails), so this prints one line.
+  if ! mvn -q -B -Dstyle.color=never -f "$DBZ_SRC/pom.xml" -Dbench.build.dir="$partial/build" \
+         package dependency:copy-dependencies -DincludeScope=runtime \
+         -DoutputDirectory="$partial/lib" >"$partial/mvn.log" 2>&1; then
+    tail -n 40 "$partial/mvn.log" >&2
+    rm -rf "$partial"
+    echo "bench: FAILED: the Debezium bench harness did not build" >&2
+    exit 1
+  fi
   mv "$partial/build/debezium-bench.jar" "$partial/lib/"
-  rm -rf "$partial/build"
+  rm -rf "$partial/build" "$partial/mvn.log"
   touch "$partial/.complete"
   rm -rf "$DBZ_HOME"
   mv "$partial" "$DBZ_HOME"
