@@ -56,7 +56,7 @@ cpu_seconds() {
   stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
   # Fields after the ")" closing the command name start at field 3 (state);
   # utime and stime are fields 14 and 15, so the 12th and 13th from there.
-  awk -v tck="$(getconf CLK_TCK)" '{ printf "%.1f", ($12 + $13) / tck }' <<<"${stat##*) }"
+  awk -v tck="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / tck }' <<<"${stat##*) }"
 }
 
 # Busy and total jiffies of the whole machine (all cores), for a utilisation figure.

@@ -5,7 +5,8 @@
 # relay_config FILE SLOT [KAFKA_LINES]: the relay's TOML for SLOT. KAFKA_LINES go into
 # [kafka] (delivery = "exactly_once", or [kafka.properties] overrides). Each slot
 # publishes to topics of its own (`<slot>.outbox.event.<type>`), so runs never share
-# partitions. Sets ADMIN_PORT.
+# partitions. RELAY_KAFKA_PROPERTIES (TOML lines, e.g. '"linger.ms" = "0"') go into
+# [kafka.properties], for experiments with librdkafka settings. Sets ADMIN_PORT.
 relay_config() {
   local file=$1 slot=$2 kafka_lines=${3:-}
   ADMIN_PORT=$(free_port)
@@ -23,6 +24,8 @@ bootstrap_servers = "127.0.0.1:${BROKER_PORT}"
 topic_partitions = 3
 topic_replication_factor = 1
 $kafka_lines
+${RELAY_KAFKA_PROPERTIES:+[kafka.properties]
+$RELAY_KAFKA_PROPERTIES}
 
 [outbox]
 topic = "$slot.outbox.event.\${routedByValue}"
