@@ -19,11 +19,10 @@
 //! not turn the held rows into dead letters. A restart of the process forgets it.
 
 use std::collections::HashSet;
-
-use foldhash::{HashMap, HashSet as FastSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashSet as FastSet};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::error::RDKafkaErrorCode;
 use tracing::{debug, info, warn};
@@ -123,17 +122,17 @@ impl TopicManager {
         })
     }
 
-    /// Returns once `topic` exists (creating it when configured to) and `producer` knows
-    /// its partitions (see [`EventProducer::wait_for_topic`]). A topic missing that was
-    /// seen before, or that the producer does not find after the admin client did, is
-    /// [`PublishError::TopicGone`] (held); only one never seen, with creation off, is
-    /// [`PublishError::UnknownTopic`] (dead-lettered).
     /// Whether `topic` was confirmed on this pipeline: [`TopicManager::ensure`] would
     /// return at once. Checked first on every record, without an `await`.
     pub fn is_known(&self, topic: &str) -> bool {
         self.known.contains(topic)
     }
 
+    /// Returns once `topic` exists (creating it when configured to) and `producer` knows
+    /// its partitions (see [`EventProducer::wait_for_topic`]). A topic missing that was
+    /// seen before, or that the producer does not find after the admin client did, is
+    /// [`PublishError::TopicGone`] (held); only one never seen, with creation off, is
+    /// [`PublishError::UnknownTopic`] (dead-lettered).
     pub async fn ensure(
         &mut self,
         topic: &Arc<str>,
