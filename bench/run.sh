@@ -185,7 +185,7 @@ drain_shape() {
   fi
 }
 
-# latency_client CLIENT SLOT START_COMMAND... : makes SLOT, starts the client on it, runs
+# latency_for CLIENT SLOT: makes SLOT, starts the client (relay, or "Debezium ... (PROFILE)") on it, runs
 # every rate of LATENCY_RATES, stops the client and drops the slot.
 latency_for() {
   local client=$1 slot=$2 rate
