@@ -24,6 +24,7 @@
 //!   with the re-exported [`metrics`] facade (`saga_kit::metrics::counter!`).
 //! - [`service`]: runs a service's HTTP server and consumer until shutdown.
 //! - [`telemetry`]: tracing set-up (text or JSON logs).
+//! - [`trace`]: W3C trace context carried through the outbox (`traceparent`).
 
 pub mod config;
 pub mod consumer;
@@ -34,6 +35,7 @@ pub mod outbox;
 pub mod prometheus;
 pub mod service;
 pub mod telemetry;
+pub mod trace;
 
 /// The metrics facade the services count with; [`prometheus`] installs its recorder.
 pub use metrics;
