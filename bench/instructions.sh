@@ -70,11 +70,7 @@ main() {
   [[ $SMALL =~ ^[1-9][0-9]*$ ]] || die "SMALL must be a positive integer, got '$SMALL'"
   install_debian_packages
   install_kafka
-  command -v valgrind >/dev/null || {
-    echo "== installing Debian packages: valgrind"
-    as_root apt-get update -q
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends valgrind
-  }
+  install_valgrind
   if [[ $RELAY == target/release/outbox-relay ]]; then
     echo "== building the relay (release)"
     cargo build --release --quiet --bin outbox-relay

@@ -94,11 +94,8 @@ relay_drain() {
   pid=$!
   services_track "$pid"
   measure_until_confirmed "$slot" "$pid" "$log" "$t0"
-  # VmHWM is the kernel's own peak, catching spikes between our samples.
-  proc_status "$pid"
   cpu=$(cpu_seconds "$pid")
-  record_drain "$shape" "$client" "$rows" "$ELAPSED" "$cpu" \
-    "$((PROC_HWM_KB > PEAK_RSS_KB ? PROC_HWM_KB : PEAK_RSS_KB))"
+  record_drain "$shape" "$client" "$rows" "$ELAPSED" "$cpu" "$(peak_rss_kb "$pid")"
   walsender=$(walsender_pid "$slot")
   CPU_NOTES+=("$shape, $client (walsender had sent all after $SENT_ELAPSED s): $(cpu_report "${jiffies0[@]}" relay "$cpu" \
     walsender "$(cpu_seconds "$walsender")" \
@@ -127,10 +124,8 @@ recv_drain() {
   pid=$!
   services_track "$pid"
   measure_until_confirmed "$slot" "$pid" "$log" "$t0"
-  proc_status "$pid"
   cpu=$(cpu_seconds "$pid")
-  record_drain "$shape" pg_recvlogical "$rows" "$ELAPSED" "$cpu" \
-    "$((PROC_HWM_KB > PEAK_RSS_KB ? PROC_HWM_KB : PEAK_RSS_KB))"
+  record_drain "$shape" pg_recvlogical "$rows" "$ELAPSED" "$cpu" "$(peak_rss_kb "$pid")"
   walsender=$(walsender_pid "$slot")
   CPU_NOTES+=("$shape, pg_recvlogical (walsender had sent all after $SENT_ELAPSED s): $(cpu_report "${jiffies0[@]}" pg_recvlogical "$cpu" \
     walsender "$(cpu_seconds "$walsender")")")

@@ -35,6 +35,14 @@ proc_status() {
   done <"/proc/$1/status" 2>/dev/null || true
 }
 
+# The peak resident set of PID in KiB: the larger of the kernel's own peak (VmHWM, which
+# catches spikes between samples) and the peak sampled while measuring (PEAK_RSS_KB).
+# Reads /proc, so call it before the process exits.
+peak_rss_kb() {
+  proc_status "$1"
+  echo "$((PROC_HWM_KB > PEAK_RSS_KB ? PROC_HWM_KB : PEAK_RSS_KB))"
+}
+
 # One long-lived psql session for the ~100 ms polls: a new psql and backend per poll would
 # cost more CPU than the query, taken from the processes being measured.
 poll_session_start() {

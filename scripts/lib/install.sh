@@ -34,6 +34,14 @@ install_rust_components() {
   fi
 }
 
+# valgrind, for bench/instructions.sh (callgrind counts the relay's instructions per event).
+install_valgrind() {
+  command -v valgrind >/dev/null 2>&1 && return
+  echo "== installing Debian packages: valgrind"
+  as_root apt-get update -q
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q --no-install-recommends valgrind
+}
+
 # A JDK and Maven: they fetch Kafka's jars and build the Spring points service
 # (services/points, see scripts/lib/points.sh).
 install_java_build_tools() {
