@@ -7,21 +7,24 @@
 #   scripts/demo.sh order          # order → product → delivery (choreography, compensation)
 #   scripts/demo.sh payment        # payment → points (Spring Boot), compensation and its failure
 #   scripts/demo.sh registration   # user → auth, status polling
+#   scripts/demo.sh checkout       # order → stock ∥ coupon (aggregator) → payment, compensations,
+#                                  # a deadline; one order's W3C trace id in every service's log
 #
 # Each saga shows every outcome and follows one saga through every service's log by its
-# correlation id; then everything stops with SIGTERM.
+# correlation id (checkout: by its trace id); then everything stops with SIGTERM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/lib/install.sh
 source scripts/lib/services.sh
 source scripts/lib/saga.sh
 source scripts/lib/points.sh
+source scripts/lib/checkout.sh
 
 SAGAS=("$@")
-((${#SAGAS[@]})) || SAGAS=(order payment registration)
+((${#SAGAS[@]})) || SAGAS=(order payment registration checkout)
 for saga in "${SAGAS[@]}"; do
-  [[ "$saga" =~ ^(order|payment|registration)$ ]] \
-    || { echo "unknown saga '$saga': choose order, payment or registration" >&2; exit 2; }
+  [[ "$saga" =~ ^(order|payment|registration|checkout)$ ]] \
+    || { echo "unknown saga '$saga': choose order, payment, registration or checkout" >&2; exit 2; }
 done
 wants() { [[ " ${SAGAS[*]} " == *" $1 "* ]]; }
 
@@ -32,9 +35,12 @@ install_demo_packages
 echo "== building the relay and the services"
 cargo build --quiet -p outbox-relay -p order-service -p product-service -p delivery-service \
   -p payment-service -p user-service -p auth-service --bins
+# The checkout services run as `saga-service checkout-<name>` (services/saga-tests).
+if wants checkout; then cargo build --quiet -p saga-tests --bin saga-service; fi
 if wants payment; then POINTS_JAR=$(build_points_service); fi
 RELAY=target/debug/outbox-relay
 SERVICE_BIN=target/debug
+SAGA_SERVICE=target/debug/saga-service
 
 services_init demo
 trap services_cleanup EXIT
@@ -91,14 +97,13 @@ demo_order() {
   curl -fsS -X PUT "$PRODUCT_URL/products/2" -H 'Content-Type: application/json' -d '{"name": "monitor", "stock": 0}'; echo
 
   echo "== placing three orders (POST /orders answers 202 + Location at once)"
-  declare -A SCENARIO LOCATION
+  declare -A LOCATION
   place() {
     local scenario=$1 body=$2 headers location
     headers=$(curl -fsS -D - -o "$WORK/reply.json" -X POST "$ORDER_URL/orders" \
       -H 'Content-Type: application/json' -d "$body")
     location=$(tr -d '\r' <<<"$headers" | awk 'tolower($1) == "location:" { print $2 }')
     echo "$scenario: $(head -1 <<<"$headers" | tr -d '\r'); Location: $location; $(cat "$WORK/reply.json")"
-    SCENARIO[$location]=$scenario
     LOCATION[$scenario]=$location
   }
   place "in stock, deliverable" '{"userId": 1, "productId": 1, "quantity": 2, "price": 30000, "address": "Seoul, Gangnam-gu"}'
@@ -178,7 +183,7 @@ demo_payment() {
   echo "user 1: $(curl -fsS "$POINTS_URL/points/1" | jq -c .)   user 3: $(curl -fsS "$POINTS_URL/points/3" | jq -c .)"
   echo "== what an operator must look at (GET /payments?status=NEEDS_ATTENTION)"
   curl -fsS "$PAYMENT_URL/payments?status=NEEDS_ATTENTION" | jq -c '.payments[] | {paymentId, amount, reason}'
-  echo "$(curl -fsS "$PAYMENT_URL/metrics" | grep '^saga_compensation_failed_total')"
+  curl -fsS "$PAYMENT_URL/metrics" | grep "^saga_compensation_failed_total"
   local saga_id
   saga_id=$(basename "$attention")
   echo "== the failed compensation's saga, followed by its correlation id $saga_id through every service's log"
@@ -206,6 +211,105 @@ demo_registration() {
   echo "credentials: $(curl -fsS "$AUTH_URL/credentials/kim" | jq -c .)  (the event carried only a PBKDF2 hash)"
   echo "== the refused registration, followed by its correlation id $(basename "$second") through every service's log"
   follow_saga "$(basename "$second")" user auth
+}
+
+demo_checkout() {
+  echo
+  echo "######## checkout: order → stock ∥ coupon (joined by the order's aggregator) → payment"
+  local db name
+  for name in order product coupon user; do psql_run postgres "CREATE DATABASE checkout_${name}s"; done
+  echo "== starting the four services (the order service with a 5 s deadline for both branches) and their relays"
+  checkout_start_service order CHECKOUT_DEADLINE_MS=5000
+  checkout_start_service product
+  checkout_start_service coupon
+  checkout_start_service user
+  for name in order product coupon user; do checkout_start_relay "$name"; done
+
+  echo "== the shop: stock, single-use coupons, balances"
+  curl -fsS -X PUT "$CHECKOUT_PRODUCT_URL/products/1" -H 'Content-Type: application/json' -d '{"stock": 5}'; echo "  (keyboard)"
+  curl -fsS -X PUT "$CHECKOUT_PRODUCT_URL/products/2" -H 'Content-Type: application/json' -d '{"stock": 0}'; echo "  (monitor)"
+  for coupon in WELCOME:5000 SPRING:3000 AUTUMN:1000; do
+    curl -fsS -X PUT "$CHECKOUT_COUPON_URL/coupons/${coupon%%:*}" -H 'Content-Type: application/json' \
+      -d "{\"discount\": ${coupon#*:}}"; echo
+  done
+  curl -fsS -X PUT "$CHECKOUT_USER_URL/users/1/balance" -H 'Content-Type: application/json' -d '{"balance": 100000}'; echo
+  curl -fsS -X PUT "$CHECKOUT_USER_URL/users/2/balance" -H 'Content-Type: application/json' -d '{"balance": 1000}'; echo
+
+  local success no_stock used refused timeout id
+  echo "== orders (POST /orders answers 202 + Location at once)"
+  post_json "success" "$CHECKOUT_ORDER_URL/orders" \
+    '{"userId": 1, "productId": 1, "quantity": 2, "unitPrice": 30000, "couponCode": "WELCOME"}'
+  success=$PLACED
+  post_json "out of stock" "$CHECKOUT_ORDER_URL/orders" \
+    '{"userId": 1, "productId": 2, "quantity": 1, "unitPrice": 250000, "couponCode": null}'
+  no_stock=$PLACED
+  post_json "payment refused" "$CHECKOUT_ORDER_URL/orders" \
+    '{"userId": 2, "productId": 1, "quantity": 1, "unitPrice": 30000, "couponCode": "SPRING"}'
+  refused=$PLACED
+  # WELCOME is used once the first order has claimed it.
+  checkout_wait_final "$CHECKOUT_ORDER_URL$success" >/dev/null
+  post_json "coupon already used" "$CHECKOUT_ORDER_URL/orders" \
+    '{"userId": 1, "productId": 1, "quantity": 1, "unitPrice": 30000, "couponCode": "WELCOME"}'
+  used=$PLACED
+
+  echo "== each order's final state (polling GET /orders/{id})"
+  printf '%-20s %s\n' "success:" "$(checkout_wait_final "$CHECKOUT_ORDER_URL$success" | jq -c '{status, amount, discount}')"
+  for label in "out of stock" "coupon already used" "payment refused"; do
+    case $label in
+      "out of stock") id=$no_stock ;; "coupon already used") id=$used ;; *) id=$refused ;;
+    esac
+    printf '%-20s %s\n' "$label:" "$(checkout_wait_final "$CHECKOUT_ORDER_URL$id" | jq -c '{status, reason}')"
+  done
+
+  # The compensations run after the order is CANCELLED (the branches hear of it from
+  # order.payment.fail and order.processing.fail): wait for them in the databases.
+  id=$(basename "$refused")
+  checkout_wait_value checkout_products "SELECT state FROM stock_reservations WHERE order_id = '$id'" RESTORED
+  checkout_wait_value checkout_coupons "SELECT state FROM coupon_claims WHERE order_id = '$id'" RELEASED
+  id=$(basename "$used")
+  checkout_wait_value checkout_products "SELECT state FROM stock_reservations WHERE order_id = '$id'" RESTORED
+  echo "== the payment refusal's compensations, from the databases (order $(basename "$refused"))"
+  echo "  checkout_users.charges:              $(psql_value checkout_users "SELECT state || ', ' || amount FROM charges WHERE order_id = '$(basename "$refused")'")"
+  echo "  checkout_products.stock_reservations: $(psql_value checkout_products "SELECT state FROM stock_reservations WHERE order_id = '$(basename "$refused")'")  (stock given back)"
+  echo "  checkout_coupons.coupon_claims:       $(psql_value checkout_coupons "SELECT code || ' ' || state FROM coupon_claims WHERE order_id = '$(basename "$refused")'")  (coupon released)"
+  echo "  GET /coupons/SPRING: $(curl -fsS "$CHECKOUT_COUPON_URL/coupons/SPRING" | jq -c .)"
+  echo "== every reservation and claim (one row per order and branch)"
+  psql_value checkout_products "SELECT order_id || ' ' || state FROM stock_reservations ORDER BY state" | sed 's/^/  stock  /'
+  psql_value checkout_coupons "SELECT order_id || ' ' || coalesce(code, '-') || ' ' || state FROM coupon_claims ORDER BY state" | sed 's/^/  coupon /'
+  echo "== stock and balances: keyboard 5 → $(curl -fsS "$CHECKOUT_PRODUCT_URL/products/1" | jq .stock) (2 sold), monitor 0 → $(curl -fsS "$CHECKOUT_PRODUCT_URL/products/2" | jq .stock); user 1: 100000 → $(curl -fsS "$CHECKOUT_USER_URL/users/1" | jq .balance) (2 × 30000 − 5000), user 2: 1000 → $(curl -fsS "$CHECKOUT_USER_URL/users/2" | jq .balance)"
+
+  echo "== a timeout: the coupon service is stopped, an order waits for its coupon branch"
+  checkout_stop_service "$CHECKOUT_COUPON_PID"
+  post_json "timeout" "$CHECKOUT_ORDER_URL/orders" \
+    '{"userId": 1, "productId": 1, "quantity": 1, "unitPrice": 30000, "couponCode": "AUTUMN"}'
+  timeout=$PLACED
+  id=$(basename "$timeout")
+  printf '%-20s %s\n' "timeout:" "$(checkout_wait_final "$CHECKOUT_ORDER_URL$timeout" | jq -c '{status, reason}')"
+  checkout_wait_value checkout_products "SELECT state FROM stock_reservations WHERE order_id = '$id'" RESTORED
+  echo "  stock reservation: $(psql_value checkout_products "SELECT state FROM stock_reservations WHERE order_id = '$id'") (the product branch answered, then compensated on the deadline's OrderProcessingFailed)"
+  echo "  coupon claim while the coupon service is down: '$(psql_value checkout_coupons "SELECT state FROM coupon_claims WHERE order_id = '$id'")' (none)"
+  echo "== restarting the coupon service: it reads order.processing and the deadline's order.processing.fail"
+  checkout_start_service coupon
+  checkout_wait_value checkout_coupons \
+    "SELECT count(*) FROM inbox WHERE correlation_id = '$id' AND event_type = 'OrderProcessingFailed'" 1
+  echo "  coupon claim: $(psql_value checkout_coupons "SELECT code || ' ' || state FROM coupon_claims WHERE order_id = '$id'")  (claimed late and released, or VOID if the failure came first)"
+  echo "  GET /coupons/AUTUMN: $(curl -fsS "$CHECKOUT_COUPON_URL/coupons/AUTUMN" | jq -c .)"
+
+  local trace
+  trace=$(curl -fsS "$CHECKOUT_ORDER_URL$success" | jq -r '.traceId // empty')
+  if [[ -z "$trace" ]]; then
+    echo "the successful order has no traceId: trace context is not in this build" >&2
+    exit 1
+  fi
+  echo "== the successful order's W3C trace $trace (GET /orders/{id} traceId), through every service's log"
+  follow_saga "$trace" checkout-order checkout-product checkout-coupon checkout-user
+  for name in order product coupon user; do
+    grep -qF "$trace" "$WORK/checkout-$name-service.log" \
+      || { echo "trace $trace is not in the log of checkout-$name-service" >&2; exit 1; }
+  done
+  echo "== its record on Kafka with header traceparent (topic outbox.event.order.payment)"
+  saga_relay_env checkout_orders "$RELAY" tail --config "$WORK/checkout-order-relay.toml" \
+    --topic outbox.event.order.payment --max 2 --idle-timeout-ms 10000 | grep -F "$trace"
 }
 
 for saga in "${SAGAS[@]}"; do "demo_$saga"; done
