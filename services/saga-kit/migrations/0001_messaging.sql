@@ -45,6 +45,14 @@ ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_reason      text;
 ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_origin      text;
 ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS dlt_error_class text;
 
+-- Trace context (saga_kit::trace): the W3C `traceparent` (`00-<trace id>-<span id>-<flags>`)
+-- of the span that wrote the row, which each relay config maps to header `traceparent`;
+-- the consumer's span continues that trace. saga_kit::outbox::write fills it (a dead
+-- letter carries the trace of the record it came from); NULL outside any trace, and then
+-- the record has no such header. A service in another language fills it the same way
+-- (README, "Trace context through the relay").
+ALTER TABLE public.outbox ADD COLUMN IF NOT EXISTS traceparent text;
+
 -- Client idempotency keys (saga_kit::idempotency): the first request with an
 -- `Idempotency-Key` stores its response here in the same transaction as the resource it
 -- created; a repeat with the same key and body gets that response back and writes nothing.

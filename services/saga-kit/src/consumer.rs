@@ -85,6 +85,15 @@
 //!
 //! A poison record therefore never blocks its partition for longer than its retries;
 //! only a database that is down does, which blocks everything anyway.
+//!
+//! # Trace context
+//! Each record is applied inside one span (`event`, or `record` for one that is not an
+//! event) whose parent is the span that wrote the event, named by the record's
+//! `traceparent` header (the outbox column the relay maps to it); without one, or with a
+//! malformed one, the span starts a new trace. The span's `trace_id` field puts the trace
+//! id on every log line of the handler, and the events the handler writes store the
+//! trace in their own `traceparent` ([`crate::outbox::write`]), as do dead letters: the
+//! trace runs on through the saga (see [`crate::trace`]).
 
 pub mod dead_letter;
 mod rebalance;
@@ -141,6 +150,10 @@ pub struct Event {
     pub offset: i64,
     /// The record value, as JSON.
     pub payload: serde_json::Value,
+    /// Header `traceparent`: the W3C trace context of the span that wrote the event
+    /// (`None` for events written without one). The handler already runs in a span
+    /// continuing it (see "Trace context"); this is for a handler that stores it.
+    pub traceparent: Option<String>,
 }
 
 impl Event {
@@ -427,7 +440,27 @@ impl Record {
             partition: self.partition,
             offset: self.offset,
             payload: serde_json::from_slice(payload).map_err(|e| format!("payload: {e}"))?,
+            traceparent: header(crate::trace::TRACEPARENT),
         })
+    }
+}
+
+impl Record {
+    /// The span every attempt at this record runs in: `event{…, trace_id}` (or
+    /// `record{…, trace_id}` for one that is not an event), continuing the trace of the
+    /// record's `traceparent` header, so the handler's spans, log lines and outbox rows
+    /// belong to the producer's trace (see "Trace context").
+    fn span(&self) -> tracing::Span {
+        let span = match self.event() {
+            Ok(e) => tracing::info_span!("event", event_type = %e.event_type,
+                correlation_id = %e.correlation_id, event_id = %e.id, topic = %e.topic,
+                offset = e.offset, trace_id = tracing::field::Empty),
+            Err(_) => tracing::info_span!("record", topic = %self.topic, offset = self.offset,
+                trace_id = tracing::field::Empty),
+        };
+        let traceparent = self.headers.get(crate::trace::TRACEPARENT);
+        crate::trace::adopt(&span, traceparent.map(String::as_str));
+        span
     }
 }
 
@@ -441,11 +474,7 @@ async fn apply_with_retry<H: Handler>(
     shutdown: &CancellationToken,
 ) -> bool {
     let mut pause = RETRY_FIRST;
-    let span = match record.event() {
-        Ok(e) => tracing::info_span!("event", event_type = %e.event_type,
-            correlation_id = %e.correlation_id, event_id = %e.id, topic = %e.topic, offset = e.offset),
-        Err(_) => tracing::info_span!("record", topic = %record.topic, offset = record.offset),
-    };
+    let span = record.span();
     let mut attempts = 0;
     loop {
         attempts += 1;

@@ -23,8 +23,10 @@
 //! - [`prometheus`]: the process's metrics recorder and the `GET /metrics` route; count
 //!   with the re-exported [`metrics`] facade (`saga_kit::metrics::counter!`).
 //! - [`service`]: runs a service's HTTP server and consumer until shutdown.
-//! - [`telemetry`]: tracing set-up (text or JSON logs).
-//! - [`trace`]: W3C trace context carried through the outbox (`traceparent`).
+//! - [`telemetry`]: tracing set-up: text or JSON logs, OpenTelemetry span ids, an
+//!   optional OTLP exporter (cargo feature `otlp`).
+//! - [`trace`]: W3C trace context carried through the outbox (`traceparent` column, Kafka
+//!   header and HTTP header), so a consumer's span continues its producer's trace.
 
 pub mod config;
 pub mod consumer;
@@ -40,6 +42,6 @@ pub mod trace;
 /// The metrics facade the services count with; [`prometheus`] installs its recorder.
 pub use metrics;
 
-/// The outbox (with its dead-letter columns), inbox, consumer-offset and idempotency-key
+/// The outbox (with its dead-letter and `traceparent` columns), inbox, consumer-offset and idempotency-key
 /// tables every service has in its own database.
 pub const MESSAGING_MIGRATION: &str = include_str!("../migrations/0001_messaging.sql");

@@ -3,7 +3,12 @@
 //! The row and the state change it announces commit or roll back together, so an event
 //! exists exactly when its change does. The service's relay turns the row into a Kafka
 //! record: topic `outbox.event.<aggregate_type>`, key `aggregate_id`, headers `id`,
-//! `eventType` and `correlationId` (see `config/*-relay.toml`).
+//! `eventType`, `correlationId` and `traceparent` (see `config/*-relay.toml`).
+//!
+//! The row's `traceparent` is the W3C trace context of the span `write` is called in
+//! (an HTTP request's, or the consumed event's), so the consumer of the event continues
+//! the trace of whatever caused it (see [`crate::trace`]); NULL outside any trace, and the
+//! record then has no `traceparent` header.
 
 use tokio_postgres::Transaction;
 use uuid::Uuid;
@@ -23,15 +28,17 @@ pub struct OutboxEvent<'a> {
     pub payload: serde_json::Value,
 }
 
-/// Inserts `event` with a fresh id (the Kafka `id` header consumers dedupe on).
+/// Inserts `event` with a fresh id (the Kafka `id` header consumers dedupe on) and the
+/// current span's `traceparent`.
 pub async fn write(
     tx: &Transaction<'_>,
     event: &OutboxEvent<'_>,
 ) -> Result<Uuid, tokio_postgres::Error> {
     let id = Uuid::new_v4();
+    let traceparent = crate::trace::current_traceparent();
     tx.execute(
-        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, correlation_id, payload) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO outbox (id, aggregatetype, aggregateid, type, correlation_id, payload, \
+         traceparent) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         &[
             &id,
             &event.aggregate_type,
@@ -39,6 +46,7 @@ pub async fn write(
             &event.event_type,
             &event.correlation_id,
             &event.payload,
+            &traceparent,
         ],
     )
     .await?;

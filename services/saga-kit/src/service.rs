@@ -4,6 +4,10 @@
 //! that cannot consume is a broken service, better restarted by its supervisor than left
 //! half alive). SIGTERM/SIGINT stop both: the server finishes its in-flight requests, the
 //! consumer stops between transactions, so nothing is half applied.
+//!
+//! Both halves continue the caller's trace: a request its `traceparent` header, an event
+//! its record's (see [`crate::trace`]), so whatever a service writes belongs to the trace
+//! that caused it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -57,7 +61,9 @@ where
     };
     let shutdown = CancellationToken::new();
     cancel_on_signal(shutdown.clone());
-    exit_code(start(config, shutdown).await).await
+    let code = exit_code(start(config, shutdown).await).await;
+    crate::telemetry::shutdown();
+    code
 }
 
 /// Connects to the service's database, applies the shared messaging tables and
@@ -90,8 +96,9 @@ pub async fn launch<H: Handler>(
     .await
 }
 
-/// Binds `listen`, then serves `router` (plus `GET /metrics`) and consumes with `handler`
-/// until `shutdown`.
+/// Binds `listen`, then serves `router` (plus `GET /metrics`), each request in a span
+/// continuing its `traceparent` header ([`crate::trace::continue_request`]), and consumes
+/// with `handler` until `shutdown`.
 pub async fn start<H: Handler>(
     listen: SocketAddr,
     router: Router,
@@ -112,7 +119,10 @@ pub async fn start<H: Handler>(
     })?;
     // Every service serves its metrics on its own port (see `prometheus`).
     crate::prometheus::install();
-    let router = router.merge(crate::prometheus::route());
+    // Every request runs in a span continuing its caller's `traceparent` (see `trace`).
+    let router = router
+        .merge(crate::prometheus::route())
+        .layer(axum::middleware::from_fn(crate::trace::continue_request));
     let stop = shutdown.child_token();
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {

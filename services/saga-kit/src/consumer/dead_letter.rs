@@ -27,6 +27,10 @@
 //!   column is `jsonb NOT NULL`).
 //! - `dlt_reason`, `dlt_origin` (`<topic>/<partition>/<offset>`) and `dlt_error_class`:
 //!   headers `dltReason`, `dltOrigin` and `dltErrorClass` (see the messaging migration).
+//! - `traceparent`: the trace of the record it came from, so the dead letter, its
+//!   consumer's logs and whoever replays it stay in the producer's trace: the span the
+//!   consumer applied the record in (a child of the record's `traceparent`, see
+//!   `consumer`, "Trace context"), else the record's own header (NULL without either).
 
 use std::fmt::Write as _;
 
@@ -86,6 +90,7 @@ pub struct DeadLetter {
     pub reason: String,
     pub origin: String,
     pub class: ErrorClass,
+    pub traceparent: Option<String>,
 }
 
 impl DeadLetter {
@@ -111,6 +116,8 @@ impl DeadLetter {
             reason: reason.chars().take(MAX_REASON_CHARS).collect(),
             origin: format!("{}/{}/{}", record.topic, record.partition, record.offset),
             class,
+            traceparent: crate::trace::current_traceparent()
+                .or_else(|| header(crate::trace::TRACEPARENT)),
         })
     }
 
@@ -119,8 +126,8 @@ impl DeadLetter {
         let inserted = tx
             .execute(
                 "INSERT INTO outbox (id, aggregatetype, aggregateid, type, correlation_id, \
-                 payload, dlt_reason, dlt_origin, dlt_error_class) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (id) DO NOTHING",
+                 payload, dlt_reason, dlt_origin, dlt_error_class, traceparent) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
                 &[
                     &self.id,
                     &self.aggregate_type,
@@ -131,6 +138,7 @@ impl DeadLetter {
                     &self.reason,
                     &self.origin,
                     &self.class.as_str(),
+                    &self.traceparent,
                 ],
             )
             .await?;
@@ -223,6 +231,18 @@ mod tests {
         assert_eq!(row.origin, "outbox.event.product/2/41");
         assert_eq!(row.class.as_str(), "payload");
         assert_eq!(row.reason, "bad");
+        assert_eq!(row.traceparent, None, "no span, no header: no trace");
+    }
+
+    #[test]
+    fn outside_a_traced_span_the_dead_letter_keeps_the_records_traceparent() {
+        let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut traced = record(None, None);
+        traced
+            .headers
+            .insert("traceparent".to_owned(), traceparent.to_owned());
+        let row = DeadLetter::of("g", &traced, ErrorClass::Permanent, "r").unwrap();
+        assert_eq!(row.traceparent.as_deref(), Some(traceparent));
     }
 
     #[test]
