@@ -1,4 +1,5 @@
-//! `saga-service order|product|delivery|payment|user|auth`: one example service, run exactly as its own
+//! `saga-service order|product|delivery|payment|user|auth|checkout-order|checkout-product|
+//! checkout-coupon|checkout-user`: one example service, run exactly as its own
 //! binary runs it (the same `saga_kit::service::main` and library `start`, settings from
 //! the environment), so the saga test can run replicas as separate processes and SIGKILL
 //! them. It lives here rather than the tests spawning `target/*/order-service` because
@@ -7,6 +8,7 @@
 
 use std::process::ExitCode;
 
+use checkout_services as checkout;
 use delivery_service::rule::DeliveryRule;
 use payment_service::gateway::CardGateway;
 
@@ -33,9 +35,23 @@ async fn main() -> ExitCode {
         }
         Some("user") => saga_kit::service::main(user_service::SERVICE, user_service::start).await,
         Some("auth") => saga_kit::service::main(auth_service::SERVICE, auth_service::start).await,
+        // The checkout saga (issue 17); each reads its CHECKOUT_* settings in `start`.
+        Some("checkout-order") => {
+            saga_kit::service::main(checkout::order::SERVICE, checkout::order::start).await
+        }
+        Some("checkout-product") => {
+            saga_kit::service::main(checkout::product::SERVICE, checkout::product::start).await
+        }
+        Some("checkout-coupon") => {
+            saga_kit::service::main(checkout::coupon::SERVICE, checkout::coupon::start).await
+        }
+        Some("checkout-user") => {
+            saga_kit::service::main(checkout::user::SERVICE, checkout::user::start).await
+        }
         other => {
             eprintln!(
-                "usage: saga-service order|product|delivery|payment|user|auth (got {other:?})"
+                "usage: saga-service order|product|delivery|payment|user|auth|checkout-order|\
+                 checkout-product|checkout-coupon|checkout-user (got {other:?})"
             );
             ExitCode::FAILURE
         }

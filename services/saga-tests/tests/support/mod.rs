@@ -52,6 +52,11 @@ pub enum Kind {
     Payment,
     User,
     Auth,
+    /// The checkout saga's services (`checkout_services`, issue 17).
+    CheckoutOrder,
+    CheckoutProduct,
+    CheckoutCoupon,
+    CheckoutUser,
 }
 
 impl Kind {
@@ -59,7 +64,16 @@ impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Order, Kind::Product, Kind::Delivery];
     /// The user registration saga's services.
     pub const REGISTRATION: [Kind; 2] = [Kind::User, Kind::Auth];
+    /// The checkout saga's services: order → stock ∥ coupon → payment.
+    pub const CHECKOUT: [Kind; 4] = [
+        Kind::CheckoutOrder,
+        Kind::CheckoutProduct,
+        Kind::CheckoutCoupon,
+        Kind::CheckoutUser,
+    ];
 
+    /// The service's name: the `saga-service` argument, `config/<name>-relay.toml`, and
+    /// (with `-service`) its default consumer group.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Order => "order",
@@ -68,6 +82,10 @@ impl Kind {
             Kind::Payment => "payment",
             Kind::User => "user",
             Kind::Auth => "auth",
+            Kind::CheckoutOrder => "checkout-order",
+            Kind::CheckoutProduct => "checkout-product",
+            Kind::CheckoutCoupon => "checkout-coupon",
+            Kind::CheckoutUser => "checkout-user",
         }
     }
 
@@ -80,6 +98,10 @@ impl Kind {
             Kind::Payment => "payments",
             Kind::User => "users",
             Kind::Auth => "auth",
+            Kind::CheckoutOrder => "checkout_orders",
+            Kind::CheckoutProduct => "checkout_products",
+            Kind::CheckoutCoupon => "checkout_coupons",
+            Kind::CheckoutUser => "checkout_users",
         }
     }
 }
@@ -95,6 +117,24 @@ pub struct Service {
 impl Service {
     /// Starts `kind` on database `db` with consumer group `group`.
     pub async fn start(kind: Kind, cluster: &PgCluster, bootstrap: &str, group: &str) -> Service {
+        Service::start_with_env(kind, cluster, bootstrap, group, &[]).await
+    }
+
+    /// [`Service::start`] with settings `env` (name, value) that the service would read
+    /// from its environment beyond `ServiceConfig` (e.g. `CHECKOUT_DEADLINE_MS`), passed
+    /// without touching this process's environment. Only the checkout services read any.
+    pub async fn start_with_env(
+        kind: Kind,
+        cluster: &PgCluster,
+        bootstrap: &str,
+        group: &str,
+        env: &[(&str, &str)],
+    ) -> Service {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
         let config = ServiceConfig {
             database_url: cluster.url(kind.db()),
             kafka_bootstrap_servers: bootstrap.to_owned(),
@@ -117,6 +157,22 @@ impl Service {
             }
             Kind::User => user_service::start(config, token).await,
             Kind::Auth => auth_service::start(config, token).await,
+            Kind::CheckoutOrder => {
+                let settings = checkout_services::settings::OrderSettings::from_lookup(lookup)
+                    .expect("checkout order settings");
+                checkout_services::order::start_with(config, settings, token).await
+            }
+            Kind::CheckoutProduct => {
+                let settings = checkout_services::settings::BranchSettings::from_lookup(lookup)
+                    .expect("checkout product settings");
+                checkout_services::product::start_with(config, settings, token).await
+            }
+            Kind::CheckoutCoupon => {
+                let settings = checkout_services::settings::BranchSettings::from_lookup(lookup)
+                    .expect("checkout coupon settings");
+                checkout_services::coupon::start_with(config, settings, token).await
+            }
+            Kind::CheckoutUser => checkout_services::user::start(config, token).await,
         };
         let running = started.unwrap_or_else(|e| panic!("start {}: {e}", kind.name()));
         Service {
@@ -154,6 +210,9 @@ pub struct SagaEnv {
     pub replicas: Vec<ServiceProcess>,
     pub relays: Vec<Relay>,
     pub admin: tokio_postgres::Client,
+    /// Extra environment (name, value) every replica is started with, restarts included
+    /// (see [`SagaEnv::start_saga_with_env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl SagaEnv {
@@ -165,6 +224,13 @@ impl SagaEnv {
 
     /// [`SagaEnv::start`] for the services `kinds` (and their relays).
     pub async fn start_saga(kinds: &[Kind]) -> SagaEnv {
+        SagaEnv::start_saga_with_env(kinds, &[]).await
+    }
+
+    /// [`SagaEnv::start_saga`] with extra environment `env` for every replica, e.g.
+    /// `[("CHECKOUT_DEADLINE_MS", "5000"), ("CHECKOUT_JITTER_MS", "50")]` (a service
+    /// ignores settings it does not read).
+    pub async fn start_saga_with_env(kinds: &[Kind], env: &[(&str, &str)]) -> SagaEnv {
         init_logging();
         let cluster = PgCluster::start(PgOptions::default());
         let broker = Broker::start();
@@ -188,6 +254,10 @@ impl SagaEnv {
             replicas: Vec::new(),
             relays: Vec::new(),
             admin,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         env.start_services("").await;
         for kind in kinds.iter().copied() {
@@ -283,13 +353,14 @@ impl SagaEnv {
         for kind in self.kinds.clone() {
             let group = SagaEnv::group(kind, group_prefix);
             for replica in 0..REPLICAS {
-                let process = ServiceProcess::start(
+                let process = ServiceProcess::start_with_env(
                     kind,
                     &self.cluster,
                     &bootstrap,
                     &group,
                     replica,
                     self.dir.path(),
+                    &self.env,
                 )
                 .await;
                 self.replicas.push(process);

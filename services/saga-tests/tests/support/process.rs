@@ -36,6 +36,20 @@ impl ServiceProcess {
         replica: usize,
         log_dir: &Path,
     ) -> ServiceProcess {
+        ServiceProcess::start_with_env(kind, cluster, bootstrap, group, replica, log_dir, &[]).await
+    }
+
+    /// [`ServiceProcess::start`] with extra environment `env` (name, value), e.g. the
+    /// checkout services' `CHECKOUT_DEADLINE_MS` or `CHECKOUT_JITTER_MS`.
+    pub async fn start_with_env(
+        kind: Kind,
+        cluster: &PgCluster,
+        bootstrap: &str,
+        group: &str,
+        replica: usize,
+        log_dir: &Path,
+        env: &[(String, String)],
+    ) -> ServiceProcess {
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = log_dir.join(format!("service-{group}-{replica}.log"));
         let file = std::fs::File::create(&log).expect("service log");
@@ -51,6 +65,7 @@ impl ServiceProcess {
             .env("REFUND_REFUSED_CARD_CONTAINS", REFUND_DECLINED)
             .env("RUST_LOG", level)
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log handle"))
             .stderr(file)

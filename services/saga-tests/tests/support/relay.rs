@@ -25,6 +25,21 @@ pub fn relay_binary() -> PathBuf {
     bin
 }
 
+/// `text` with every `listen = "0.0.0.0:<port>"` (the containers' fixed admin port, which
+/// differs between configs) moved to `127.0.0.1:<port>`.
+fn loopback_admin(text: &str, port: u16) -> String {
+    text.lines()
+        .map(|line| {
+            if line.trim_start().starts_with("listen = \"0.0.0.0:") {
+                format!("listen = \"127.0.0.1:{port}\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// One service's relay: the shipped config with `[admin] listen` moved to a free port.
 #[derive(Debug)]
 pub struct Relay {
@@ -44,11 +59,7 @@ impl Relay {
             .join(format!("{service}-relay.toml"));
         let text = std::fs::read_to_string(&shipped)
             .unwrap_or_else(|e| panic!("{}: {e}", shipped.display()));
-        let port = super::free_port();
-        let text = text.replace(
-            "listen = \"0.0.0.0:9488\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        );
+        let text = loopback_admin(&text, super::free_port());
         let config = log_dir.join(format!("{service}-relay.toml"));
         std::fs::write(&config, text).expect("write relay config");
         let env = [
@@ -59,7 +70,8 @@ impl Relay {
             ("KAFKA_BOOTSTRAP_SERVERS", bootstrap.to_owned()),
         ];
         Relay {
-            slot: format!("{service}_outbox"),
+            // `checkout-order` → slot `checkout_order_outbox` (slot names take no `-`).
+            slot: format!("{}_outbox", service.replace('-', "_")),
             config,
             env: env.map(|(k, v)| (k.to_owned(), v)).to_vec(),
             log_dir: log_dir.to_owned(),
