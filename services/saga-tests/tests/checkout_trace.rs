@@ -6,9 +6,9 @@
 //! one of the four services and in the `traceparent` header of every record of its saga
 //! on every checkout topic, and each service writes from its own span.
 
-mod support;
 #[path = "support/checkout.rs"]
 mod checkout;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -60,8 +60,9 @@ fn saga_records(env: &SagaEnv, order: &str) -> BTreeMap<&'static str, Vec<checko
         .iter()
         .map(|&aggregate| {
             let topic = checkout::topic(aggregate);
-            let records = tokio::task::block_in_place(|| checkout::read_to_end(&env.broker, &topic))
-                .unwrap_or_else(|e| panic!("{e}"));
+            let records =
+                tokio::task::block_in_place(|| checkout::read_to_end(&env.broker, &topic))
+                    .unwrap_or_else(|e| panic!("{e}"));
             let mine = records
                 .into_iter()
                 .filter(|r| r.key.as_deref() == Some(order))
@@ -123,7 +124,10 @@ async fn assert_traced(env: &SagaEnv, id: &str, what: &str, expected: &[&str]) -
             problems.push(format!("{aggregate}: {} records", mine.len()));
         }
         for r in mine {
-            match r.header("traceparent").map(|v| (v, checkout::parse_traceparent(v))) {
+            match r
+                .header("traceparent")
+                .map(|v| (v, checkout::parse_traceparent(v)))
+            {
                 None => problems.push(format!(
                     "{aggregate} [{}@{}]: no traceparent header (headers {:?})",
                     r.partition, r.offset, r.headers
@@ -168,11 +172,18 @@ async fn assert_traced(env: &SagaEnv, id: &str, what: &str, expected: &[&str]) -
             missing.push(format!(
                 "{} ({})",
                 kind.name(),
-                logs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                logs.iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         } else {
-            println!("{what}: {} log lines of {} carry trace {trace_id}, e.g. {}", lines.len(),
-                kind.name(), lines[0]);
+            println!(
+                "{what}: {} log lines of {} carry trace {trace_id}, e.g. {}",
+                lines.len(),
+                kind.name(),
+                lines[0]
+            );
         }
     }
     assert!(
@@ -213,13 +224,17 @@ async fn an_orders_trace_id_is_in_every_service_log_and_every_record_header_of_i
         .await;
     }
     // The refused payment's compensations: stock back to 10 - 2, coupon TRACE-2 unused.
-    wait_for("both compensations of the refused payment", SETTLE, || async {
-        let stock = get(product, "/products/1").await;
-        let c = get(coupon, "/coupons/TRACE-2").await;
-        (stock["stock"] == 8 && c["usedBy"].is_null())
-            .then_some(())
-            .ok_or(format!("{stock} {c}"))
-    })
+    wait_for(
+        "both compensations of the refused payment",
+        SETTLE,
+        || async {
+            let stock = get(product, "/products/1").await;
+            let c = get(coupon, "/coupons/TRACE-2").await;
+            (stock["stock"] == 8 && c["usedBy"].is_null())
+                .then_some(())
+                .ok_or(format!("{stock} {c}"))
+        },
+    )
     .await;
     // Every record of both sagas is on Kafka once the services consumed what they wrote:
     // the user service's answer for the refused order was consumed by the product service.

@@ -2,6 +2,8 @@
 //! saga's topics, reading a topic to its end with keys and headers, and W3C
 //! `traceparent` values. Declared by those test files with `#[path]`, beside `support`.
 
+#![allow(dead_code)]
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -54,7 +56,10 @@ impl Record {
 pub fn read_to_end(broker: &Broker, topic: &str) -> Result<Vec<Record>, String> {
     let consumer: BaseConsumer = broker
         .client_config()
-        .set("group.id", format!("checkout-read-{}", uuid::Uuid::new_v4()))
+        .set(
+            "group.id",
+            format!("checkout-read-{}", uuid::Uuid::new_v4()),
+        )
         .set("enable.auto.commit", "false")
         .set("isolation.level", "read_committed")
         .create()
@@ -132,7 +137,9 @@ pub fn read_to_end(broker: &Broker, topic: &str) -> Result<Vec<Record>, String> 
 pub fn parse_traceparent(value: &str) -> Option<(String, String)> {
     let parts: Vec<&str> = value.trim().split('-').collect();
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     match parts.as_slice() {
         [version, trace, span, flags]
