@@ -443,9 +443,7 @@ impl Record {
             traceparent: header(crate::trace::TRACEPARENT),
         })
     }
-}
 
-impl Record {
     /// The span every attempt at this record runs in: `event{…, trace_id}` (or
     /// `record{…, trace_id}` for one that is not an event), continuing the trace of the
     /// record's `traceparent` header, so the handler's spans, log lines and outbox rows
@@ -670,6 +668,64 @@ mod tests {
             HandleError::permanent("never").verdict(1),
             Verdict::DeadLetter(ErrorClass::Permanent)
         );
+    }
+
+    const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+
+    fn event_record(headers: &[(&str, &str)]) -> Record {
+        let mut record = Record {
+            topic: "outbox.event.order".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            headers: BTreeMap::new(),
+            payload: Some(b"{}".to_vec()),
+        };
+        let id = Uuid::new_v4().to_string();
+        for (name, value) in [("id", id.as_str()), ("eventType", "E")]
+            .iter()
+            .chain(headers)
+        {
+            record.headers.insert((*name).into(), (*value).into());
+        }
+        record
+    }
+
+    #[test]
+    fn events_carry_their_traceparent_header() {
+        let traced = event_record(&[("traceparent", TRACEPARENT)]);
+        assert_eq!(
+            traced.event().unwrap().traceparent.as_deref(),
+            Some(TRACEPARENT)
+        );
+        assert_eq!(event_record(&[]).event().unwrap().traceparent, None);
+    }
+
+    #[test]
+    fn a_record_is_applied_in_a_span_continuing_its_traceparent() {
+        let subscriber = crate::telemetry::subscriber(
+            crate::telemetry::LogFormat::Text,
+            tracing_subscriber::EnvFilter::new("off"),
+            std::io::sink,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let continued = event_record(&[("traceparent", TRACEPARENT)]).span();
+            assert_eq!(
+                crate::trace::trace_id_of(&continued).as_deref(),
+                Some("0af7651916cd43dd8448eb211c80319c")
+            );
+            let mut not_an_event = event_record(&[("traceparent", TRACEPARENT)]);
+            not_an_event.payload = None;
+            let record_span = not_an_event.span();
+            assert_eq!(
+                crate::trace::trace_id_of(&record_span),
+                crate::trace::trace_id_in(TRACEPARENT),
+                "a dead letter's span continues the record's trace too"
+            );
+            let fresh = event_record(&[]).span();
+            let fresh_trace = crate::trace::trace_id_of(&fresh).expect("a new trace");
+            assert_ne!(Some(fresh_trace), crate::trace::trace_id_in(TRACEPARENT));
+        });
     }
 
     #[test]

@@ -249,7 +249,9 @@ fn each_relay_config_loads_with_its_compose_environment_and_reaches_its_database
                 // Dead letters only (saga_kit::consumer::dead_letter); NULL otherwise.
                 "dltReason",
                 "dltOrigin",
-                "dltErrorClass"
+                "dltErrorClass",
+                // The writing span's W3C trace context (saga_kit::trace); NULL outside one.
+                "traceparent"
             ],
             "{name}: what the services read and dead letters carry"
         );

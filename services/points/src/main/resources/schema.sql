@@ -14,6 +14,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     dlt_origin     text  NULL           -- header `dltOrigin`, <topic>/<partition>/<offset>
 );
 
+-- Header `traceparent` (config/points-relay.toml maps it; NULL sends none): the W3C trace
+-- context of the span that wrote the row, as saga-kit writes it. This service leaves it
+-- NULL; the README's "Trace context through the relay" shows how a Spring service fills it.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS traceparent text;
+
 -- Events already handled, by their `id` header, written in the same transaction.
 CREATE TABLE IF NOT EXISTS inbox (
     event_id       uuid        PRIMARY KEY,
