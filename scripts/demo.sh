@@ -72,7 +72,8 @@ follow_saga() {
     # "<time> INFO event{event_type=X ...}: crate::module: message" → "X: message"
     sed -E 's/\x1b\[[0-9;]*m//g' "$WORK/$name-service.log" | grep -F "$id" \
       | sed -E 's/^[^ ]+ +[A-Z]+ +//; s/^event\{event_type=([A-Za-z]+)[^}]*\}/\1/;
-                s/^([a-z_]+)\{[^}]*\}/\1/; s/: [a-z_]+::[a-z_]+: /: /' \
+                s/^([a-z_]+)\{[^}]*\}/\1/; s/^request:([a-z_]+)\{[^}]*\}/\1/;
+                s/: [a-z_]+(::[a-z_]+)+: /: /' \
       | cut -c1-220 | sed "s/^/  $name-service  /"
   done
 }
@@ -139,7 +140,7 @@ demo_order() {
     # "<time> INFO event{event_type=X ...}: crate::module: message" → "X: message"
     sed -E 's/\x1b\[[0-9;]*m//g' "$WORK/$name-service.log" | grep -F "$saga_id" \
       | sed -E 's/^[^ ]+ +[A-Z]+ +//; s/^event\{event_type=([A-Za-z]+)[^}]*\}/\1/;
-                s/^create_order\{[^}]*\}/POST \/orders/; s/: [a-z_]+::[a-z_]+: /: /' \
+                s/^(request\{[^}]*\}:)?create_order\{[^}]*\}/POST \/orders/; s/: [a-z_]+(::[a-z_]+)+: /: /' \
       | sed "s/^/  $name-service  /"
   done
   echo "== its compensation on Kafka (topic outbox.event.product-command)"
