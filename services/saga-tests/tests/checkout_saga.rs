@@ -103,6 +103,18 @@ impl Plan {
     }
 }
 
+/// Per order id: the `state` column of `table` (one row per order) in `kind`'s database.
+async fn states(env: &SagaEnv, kind: Kind, table: &str) -> BTreeMap<String, String> {
+    env.client(kind)
+        .await
+        .query(&format!("SELECT order_id::text, state FROM {table}"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 /// The coupon a setup order uses before the run, so the run's orders find it used.
 fn used_coupon(seed: u64) -> String {
     format!("USED-{seed:x}")
@@ -748,6 +760,46 @@ async fn checkout_orders_end_as_their_inputs_decide_and_reconcile_through_relay_
         coupon_errors.is_empty(),
         "coupons: {}",
         coupon_errors.join("\n")
+    );
+
+    // Each branch's record of each order, as its outcome decides: a reservation kept only
+    // by a COMPLETED order, a claim likewise, a charge only for the orders that reached
+    // payment. A branch that heard of the failure before the order itself records VOID.
+    let reservations = states(&env, Kind::CheckoutProduct, "stock_reservations").await;
+    let claims = states(&env, Kind::CheckoutCoupon, "coupon_claims").await;
+    let charges = states(&env, Kind::CheckoutUser, "charges").await;
+    let mut branch_errors = Vec::new();
+    for (id, p) in &all {
+        let (stock, claim, charge): (&[&str], &[&str], &[&str]) = match p.outcome {
+            Outcome::Completed => (&["RESERVED"], &["CLAIMED"], &["CHARGED"]),
+            Outcome::OutOfStock => (&["REFUSED"], &["RELEASED", "VOID"], &[]),
+            Outcome::CouponUsed | Outcome::CouponUnknown => {
+                (&["RESTORED", "VOID"], &["REFUSED"], &[])
+            }
+            Outcome::PaymentRefused => (&["RESTORED"], &["RELEASED"], &["REFUSED"]),
+        };
+        for (what, seen, allowed) in [
+            ("stock reservation", &reservations, stock),
+            ("coupon claim", &claims, claim),
+            ("charge", &charges, charge),
+        ] {
+            let state = seen.get(id).map(String::as_str);
+            let ok = match state {
+                Some(state) => allowed.contains(&state),
+                None => allowed.is_empty(),
+            };
+            if !ok {
+                branch_errors.push(format!(
+                    "{id} ({:?}): {what} {state:?}, expected one of {allowed:?}",
+                    p.outcome
+                ));
+            }
+        }
+    }
+    assert!(
+        branch_errors.is_empty(),
+        "branch records:\n{}",
+        branch_errors.join("\n")
     );
 
     // Exactly once: order.processing.success carries one record per order that reached
