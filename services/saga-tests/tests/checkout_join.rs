@@ -22,6 +22,17 @@
 //! in `checkout_services::{product, coupon}::saga`; the whole saga with the real services
 //! is the saga test's.
 //!
+//! # Two replicas at the same instant, deterministically
+//! Two answers consumed by two replicas rarely meet inside the few microseconds between
+//! reading the order and writing it, so the end-to-end case alone would pass even without
+//! the row lock. [`concurrent_answers_take_turns_on_the_order_row`] therefore calls the
+//! aggregator itself (`checkout_services::order::aggregator::apply`, as each replica's
+//! consumer does) in two transactions on two connections and holds the first open until
+//! the second is seen waiting for a lock, then commits: the second must decide on what the
+//! first committed. Without `FOR UPDATE` it would decide on a stale read and the pair would
+//! never complete. The same holds the deadline sweeper off an order the aggregator holds
+//! (`SKIP LOCKED`).
+//!
 //! # Synchronisation
 //! No sleeps: a produced record's (partition, offset) is known, and the test waits until
 //! the order service's stored position for that partition (`consumer_offsets`, committed
@@ -36,6 +47,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use checkout_services::events::topic;
+use checkout_services::order::aggregator::{self, Answer, Step};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -526,4 +538,165 @@ async fn the_aggregator_emits_processing_success_exactly_once_in_every_join_orde
     for service in replicas {
         service.stop().await;
     }
+}
+
+/// Waits until a session of `db` waits for a lock.
+async fn someone_waits_for_a_lock(admin: &Client, db: &str) {
+    wait_for(
+        "a transaction waiting for the order's lock",
+        TIMEOUT,
+        || async {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = $1 AND wait_event_type = 'Lock'",
+                    &[&db],
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .get(0);
+            if waiting > 0 {
+                Ok(())
+            } else {
+                Err("nobody waits".to_owned())
+            }
+        },
+    )
+    .await;
+}
+
+/// Inserts a PROCESSING order whose deadline has passed (`overdue`: the sweeper would
+/// take it) or is an hour away.
+async fn insert_order(db: &Client, overdue: bool) -> Uuid {
+    let id = Uuid::new_v4();
+    db.execute(
+        "INSERT INTO orders (id, user_id, product_id, quantity, unit_price, coupon_code, \
+           status, deadline_at) VALUES ($1, 7, 3, $2, $3, 'WELCOME', 'PROCESSING', \
+           CASE WHEN $4 THEN now() ELSE now() + interval '1 hour' END)",
+        &[&id, &QUANTITY, &UNIT_PRICE, &overdue],
+    )
+    .await
+    .unwrap();
+    id
+}
+
+/// `first` is applied and held uncommitted; `second` is applied on another connection
+/// meanwhile (it must wait), then `first` commits; both steps, and the order's
+/// `OrderProcessingSucceeded` rows.
+async fn race(
+    cluster: &PgCluster,
+    admin: &Client,
+    first: Answer,
+    second: Answer,
+) -> (Step, Step, i64) {
+    let db_name = Kind::CheckoutOrder.db();
+    let mut one = cluster.client(db_name).await;
+    let mut two = cluster.client(db_name).await;
+    let id = insert_order(&one, false).await;
+    let t1 = one.transaction().await.unwrap();
+    let step1 = aggregator::apply(&t1, id, first).await.unwrap();
+    let late = tokio::spawn(async move {
+        let t2 = two.transaction().await.unwrap();
+        let step = aggregator::apply(&t2, id, second).await.unwrap();
+        t2.commit().await.unwrap();
+        step
+    });
+    someone_waits_for_a_lock(admin, db_name).await;
+    assert!(!late.is_finished(), "the second answer waits for the first");
+    t1.commit().await.unwrap();
+    let step2 = late.await.unwrap();
+    let rows: i64 = one
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE aggregateid = $1 \
+             AND aggregatetype = 'order.processing.success'",
+            &[&id.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    (step1, step2, rows)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_answers_take_turns_on_the_order_row() {
+    support::init_logging();
+    let cluster = PgCluster::start(PgOptions::default());
+    let admin = cluster.client("postgres").await;
+    let db_name = Kind::CheckoutOrder.db();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db_name}"))
+        .await
+        .unwrap();
+    let pool = saga_kit::db::Pool::connect(&cluster.url(db_name), 2)
+        .await
+        .unwrap();
+    pool.migrate(&[
+        saga_kit::MESSAGING_MIGRATION,
+        checkout_services::order::MIGRATION,
+    ])
+    .await
+    .unwrap();
+    let coupon = Answer::Coupon { discount: DISCOUNT };
+
+    // The two answers at once, in either order: the second completes the pair, once.
+    for (first, second) in [(Answer::Stock, coupon), (coupon, Answer::Stock)] {
+        let (step1, step2, rows) = race(&cluster, &admin, first, second).await;
+        assert_eq!(
+            (step1, step2, rows),
+            (Step::Record, Step::Complete, 1),
+            "{first:?} held while {second:?} is applied"
+        );
+    }
+    // The same answer twice at once (two event ids): the second is a duplicate.
+    let (step1, step2, rows) = race(&cluster, &admin, Answer::Stock, Answer::Stock).await;
+    assert_eq!((step1, step2, rows), (Step::Record, Step::Duplicate, 0));
+
+    // The sweeper skips an overdue order the aggregator holds, and the pair then
+    // completing takes it out of the sweeper's reach.
+    let mut one = cluster.client(db_name).await;
+    let id = insert_order(&one, true).await;
+    let held = one.transaction().await.unwrap();
+    assert_eq!(
+        aggregator::apply(&held, id, Answer::Stock).await.unwrap(),
+        Step::Record
+    );
+    let swept = checkout_services::order::deadline::sweep(&pool)
+        .await
+        .unwrap();
+    assert_eq!(swept, 0, "the held order is skipped, not waited for");
+    assert_eq!(
+        aggregator::apply(&held, id, coupon).await.unwrap(),
+        Step::Complete
+    );
+    held.commit().await.unwrap();
+    assert_eq!(
+        checkout_services::order::deadline::sweep(&pool)
+            .await
+            .unwrap(),
+        0
+    );
+    let status: String = one
+        .query_one("SELECT status FROM orders WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "PAYING");
+
+    // An overdue order nobody holds is cancelled once, however many sweeps run.
+    let overdue = insert_order(&one, true).await;
+    let (a, b) = tokio::join!(
+        checkout_services::order::deadline::sweep(&pool),
+        checkout_services::order::deadline::sweep(&pool)
+    );
+    assert_eq!(a.unwrap() + b.unwrap(), 1, "one of two sweeps cancels it");
+    let failures: i64 = one
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE aggregateid = $1 \
+             AND aggregatetype = 'order.processing.fail'",
+            &[&overdue.to_string()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 1);
 }
