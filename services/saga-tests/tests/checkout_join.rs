@@ -700,3 +700,59 @@ async fn concurrent_answers_take_turns_on_the_order_row() {
         .get(0);
     assert_eq!(failures, 1);
 }
+
+/// The four checkout relay configs load as the relay loads them (the join test runs only
+/// the order service's relay): each its own slot, publication, dead-letter topic and
+/// admin port, the trace header, and the others' headers unchanged.
+#[test]
+fn the_checkout_relay_configs_load_with_their_own_slot_and_the_trace_header() {
+    let mut ports = Vec::new();
+    for kind in Kind::CHECKOUT {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../config")
+            .join(format!("{}-relay.toml", kind.name()));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let env = |var: &str| {
+            Some(match var {
+                "DB_NAME" => kind.db().to_owned(),
+                "DB_ADDR" => "127.0.0.1:5432".to_owned(),
+                "KAFKA_BOOTSTRAP_SERVERS" => "127.0.0.1:9092".to_owned(),
+                _ => "postgres".to_owned(),
+            })
+        };
+        let config = outbox_relay::config::Config::from_toml(&text, &path, env)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let slot = format!("{}_outbox", kind.name().replace('-', "_"));
+        assert_eq!(config.source.slot.as_str(), slot);
+        assert_eq!(config.source.publication.as_str(), slot);
+        assert_eq!(
+            config.postgres_config().get_dbname(),
+            Some(kind.db()),
+            "{}",
+            path.display()
+        );
+        assert_eq!(config.dlq.topic, format!("outbox.dlq.{}", kind.name()));
+        let headers: Vec<(&str, &str)> = config
+            .outbox
+            .additional_headers
+            .iter()
+            .map(|h| (h.column.as_str(), h.header_name()))
+            .collect();
+        for expected in [
+            ("type", "eventType"),
+            ("correlation_id", "correlationId"),
+            ("traceparent", "traceparent"),
+            ("dlt_reason", "dltReason"),
+        ] {
+            assert!(
+                headers.contains(&expected),
+                "{}: {headers:?}",
+                path.display()
+            );
+        }
+        ports.push(config.admin.listen.clone());
+    }
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 4, "each relay its own admin port: {ports:?}");
+}
