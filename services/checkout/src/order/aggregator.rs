@@ -50,6 +50,8 @@ pub enum Step {
     Duplicate,
     /// The order is not PROCESSING any more: nothing (a late answer).
     Late(Status),
+    /// No such order (never created here): nothing.
+    UnknownOrder,
 }
 
 /// The join's decision: pure, so every interleaving is a unit test.
@@ -77,7 +79,7 @@ pub async fn apply(
     let branch = answer.branch();
     let Some(mut order) = state::lock(tx, order_id).await? else {
         tracing::warn!(branch, "answer for an unknown order; nothing to do");
-        return Ok(Step::Late(Status::Cancelled));
+        return Ok(Step::UnknownOrder);
     };
     let step = decide(&order, answer);
     match step {
@@ -93,6 +95,7 @@ pub async fn apply(
             );
             return Ok(step);
         }
+        Step::UnknownOrder => return Ok(step),
         Step::Record | Step::Complete => {}
     }
     if let Answer::Coupon { discount } = answer {
