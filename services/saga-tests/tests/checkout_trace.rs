@@ -4,7 +4,9 @@
 //! orders: one that completes (stock, coupon, the aggregator, payment) and one whose
 //! payment is refused (both compensations). For each, the trace id is in the log of every
 //! one of the four services and in the `traceparent` header of every record of its saga
-//! on every checkout topic, and each service writes from its own span.
+//! on every checkout topic, and each service writes from its own span. A third order
+//! times out (the coupon service is down): the deadline sweeper's cancellation and the
+//! product's compensation continue its trace.
 
 #[path = "support/checkout.rs"]
 mod checkout;
@@ -16,9 +18,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::http::request;
-use support::{wait_for, Kind, SagaEnv};
+use support::{wait_for, Kind, SagaEnv, REPLICAS};
 
 const SETTLE: Duration = Duration::from_secs(90);
+/// The order service's deadline for both branches to answer.
+const DEADLINE_MS: &str = "8000";
 
 async fn put(addr: SocketAddr, path: &str, body: Value) {
     let response = request(addr, "PUT", path, Some(&body.to_string())).await;
@@ -74,8 +78,14 @@ fn saga_records(env: &SagaEnv, order: &str) -> BTreeMap<&'static str, Vec<checko
 
 /// Asserts that order `id`'s trace (from `GET /orders/{id}` `traceId`) is in the
 /// `traceparent` header of every record of its saga, on exactly the topics `expected`,
-/// and in the log of every checkout service; returns the trace id.
-async fn assert_traced(env: &SagaEnv, id: &str, what: &str, expected: &[&str]) -> String {
+/// and in the log of each service of `logs`; returns the trace id.
+async fn assert_traced(
+    env: &SagaEnv,
+    id: &str,
+    what: &str,
+    expected: &[&str],
+    logs: &[Kind],
+) -> String {
     let order = get(env.addr(Kind::CheckoutOrder), &format!("/orders/{id}")).await;
     // The relays publish what the services wrote a moment ago: wait until every topic of
     // the order's path has its record (and no other topic has one).
@@ -154,13 +164,13 @@ async fn assert_traced(env: &SagaEnv, id: &str, what: &str, expected: &[&str]) -
     // Each service writes from its own span (a child of the one it consumed), never by
     // copying the header it received.
     assert!(
-        spans.len() >= 4,
+        spans.len() == expected.len(),
         "{what}: the records of trace {trace_id} share parent span ids {spans:?}"
     );
 
-    // The trace id is in the log of every one of the four services.
+    // The trace id is in the log of every service that took part.
     let mut missing = Vec::new();
-    for kind in Kind::CHECKOUT {
+    for &kind in logs {
         let logs = service_logs(env, kind);
         assert!(!logs.is_empty(), "no log of {}", kind.name());
         let lines: Vec<&str> = logs
@@ -196,7 +206,10 @@ async fn assert_traced(env: &SagaEnv, id: &str, what: &str, expected: &[&str]) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_orders_trace_id_is_in_every_service_log_and_every_record_header_of_its_saga() {
-    let env = SagaEnv::start_saga(&Kind::CHECKOUT).await;
+    // A deadline short enough for the timeout below, ample for orders that get answers.
+    let mut env =
+        SagaEnv::start_saga_with_env(&Kind::CHECKOUT, &[("CHECKOUT_DEADLINE_MS", DEADLINE_MS)])
+            .await;
     let order = env.addr(Kind::CheckoutOrder);
     let product = env.addr(Kind::CheckoutProduct);
     let coupon = env.addr(Kind::CheckoutCoupon);
@@ -251,6 +264,7 @@ async fn an_orders_trace_id_is_in_every_service_log_and_every_record_header_of_i
             "order.payment.success",
             "order.processed",
         ],
+        &Kind::CHECKOUT,
     )
     .await;
     let refused_trace = assert_traced(
@@ -265,8 +279,55 @@ async fn an_orders_trace_id_is_in_every_service_log_and_every_record_header_of_i
             "order.payment",
             "order.payment.fail",
         ],
+        &Kind::CHECKOUT,
     )
     .await;
     assert_ne!(paid_trace, refused_trace, "each order starts its own trace");
+
+    // A timeout: with the coupon service down, the order's deadline cancels it. The
+    // sweeper (a background task, no request) continues the order's trace: its
+    // OrderProcessingFailed and the product's compensation carry the order's trace id.
+    for _ in 0..REPLICAS {
+        env.kill_replica(Kind::CheckoutCoupon);
+    }
+    let body = json!({ "userId": 1, "productId": 1, "quantity": 1, "unitPrice": 3000,
+                       "couponCode": "TRACE-3" });
+    let response = request(order, "POST", "/orders", Some(&body.to_string())).await;
+    assert_eq!(response.status, 202, "{}", response.body);
+    let late = response.json()["id"].as_str().expect("id").to_owned();
+    wait_for(
+        &format!("order {late} cancelled on its deadline"),
+        SETTLE,
+        || async {
+            let o = get(order, &format!("/orders/{late}")).await;
+            (o["status"] == "CANCELLED"
+                && o["reason"].as_str().is_some_and(|r| r.contains("deadline")))
+            .then_some(())
+            .ok_or(o.to_string())
+        },
+    )
+    .await;
+    wait_for(
+        "the product's compensation of the timeout",
+        SETTLE,
+        || async {
+            let stock = get(product, "/products/1").await;
+            (stock["stock"] == 8).then_some(()).ok_or(stock.to_string())
+        },
+    )
+    .await;
+    let late_trace = assert_traced(
+        &env,
+        &late,
+        "timeout, compensated",
+        &[
+            "order.processing",
+            "order.processing.stock.success",
+            "order.processing.fail",
+        ],
+        &[Kind::CheckoutOrder, Kind::CheckoutProduct],
+    )
+    .await;
+    assert!(late_trace != paid_trace && late_trace != refused_trace);
     env.stop().await;
 }
