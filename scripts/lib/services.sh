@@ -43,13 +43,14 @@ services_cleanup() {
 pg_start() {
   PG_PORT=$(free_port)
   as_pg "$PG_BINDIR/initdb" -A trust -U postgres --no-sync -E UTF8 --locale=C -D "$WORK/pg/data" >/dev/null
+  # The demo runs eleven relays at once (one slot and one walsender each), four sagas.
   cat >> "$WORK/pg/data/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
 unix_socket_directories = '$WORK/pg'
 wal_level = logical
-max_wal_senders = 10
-max_replication_slots = 10
+max_wal_senders = 20
+max_replication_slots = 20
 shared_buffers = 256MB
 max_wal_size = 2GB
 synchronous_commit = off
