@@ -26,6 +26,7 @@
 //! - [`product`]: stock reservations and their compensation.
 //! - [`coupon`]: single-use coupons and their compensation.
 //! - [`user`]: balances and charges.
+//! - [`branch`]: what product and coupon share: the events they read, their dispatch.
 //! - [`events`]: the topics, event types and payloads all four share (the contract).
 //! - [`settings`]: the environment settings beyond `saga_kit::config::ServiceConfig`.
 //!
@@ -33,6 +34,7 @@
 //! `transition`), so the rules are unit-tested without a database and the database code
 //! only locks, reads, and writes what the decision says.
 
+pub mod branch;
 pub mod coupon;
 pub mod events;
 pub mod order;

@@ -8,14 +8,13 @@
 //! An order without a coupon gets a CLAIMED row with code NULL, so it too is answered
 //! once.
 
-use saga_kit::consumer::{Event, HandleError, Handler};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use crate::branch::BranchWork;
 use crate::events::{
-    self, aggregate, kind, Branch, CouponApplied, OrderProcessing, PaymentFailed, ProcessingFailed,
+    self, aggregate, kind, Branch, CouponApplied, OrderProcessing, ProcessingFailed,
 };
-use crate::settings::BranchSettings;
 
 /// A `coupon_claims` row's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,55 +106,28 @@ pub fn on_compensate(existing: Option<Claim>) -> OnCompensate {
     }
 }
 
-/// Whether an `OrderProcessingFailed` of `branch` compensates the coupon branch: every
-/// failure but its own (a refused claim took nothing).
-pub fn compensates(branch: Branch) -> bool {
-    branch != Branch::Coupon
-}
-
-/// The coupon service's [`Handler`].
+/// The coupon service's part of an order, for [`crate::branch::BranchSaga`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CouponSaga {
-    settings: BranchSettings,
-}
+pub struct Coupons;
 
-impl CouponSaga {
-    pub fn new(settings: BranchSettings) -> CouponSaga {
-        CouponSaga { settings }
+impl BranchWork for Coupons {
+    const BRANCH: Branch = Branch::Coupon;
+    const SERVICE: &'static str = "checkout coupon service";
+
+    async fn take(
+        &self,
+        tx: &Transaction<'_>,
+        order: &OrderProcessing,
+    ) -> Result<(), tokio_postgres::Error> {
+        claim(tx, order).await
     }
-}
 
-impl Handler for CouponSaga {
-    async fn handle(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandleError> {
-        match event.event_type.as_str() {
-            kind::ORDER_PROCESSING => {
-                let order: OrderProcessing = event.parse()?;
-                self.settings.delay().await;
-                claim(tx, &order).await?;
-            }
-            kind::PROCESSING_FAILED => {
-                let failed: ProcessingFailed = event.parse()?;
-                self.settings.delay().await;
-                if compensates(failed.branch) {
-                    compensate(tx, failed.order_id).await?;
-                } else {
-                    tracing::info!("the coupon branch's own failure; nothing to release");
-                }
-            }
-            kind::PAYMENT_FAILED => {
-                let failed: PaymentFailed = event.parse()?;
-                self.settings.delay().await;
-                compensate(tx, failed.order_id).await?;
-            }
-            other => {
-                return Err(HandleError::permanent(format!(
-                    "unknown event type {other:?} on {}: the checkout coupon service handles \
-                     OrderProcessing, OrderProcessingFailed and OrderPaymentFailed",
-                    event.topic
-                )))
-            }
-        }
-        Ok(())
+    async fn undo(
+        &self,
+        tx: &Transaction<'_>,
+        order_id: Uuid,
+    ) -> Result<(), tokio_postgres::Error> {
+        compensate(tx, order_id).await
     }
 }
 
@@ -341,8 +313,5 @@ mod tests {
         for claim in [Claim::Released, Claim::Refused, Claim::Void] {
             assert_eq!(on_compensate(Some(claim)), OnCompensate::Nothing);
         }
-        assert!(!compensates(Branch::Coupon));
-        assert!(compensates(Branch::Stock));
-        assert!(compensates(Branch::Deadline));
     }
 }

@@ -22,7 +22,6 @@ use saga_kit::config::ServiceConfig;
 use saga_kit::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
-use crate::events::topic;
 use crate::settings::{self, BranchSettings};
 
 /// The service name: the default consumer group and the log target.
@@ -30,11 +29,7 @@ pub const SERVICE: &str = "checkout-product-service";
 /// The products and reservations tables.
 pub const MIGRATION: &str = include_str!("../../migrations/0001_products.sql");
 /// New orders, and the failures that compensate them.
-pub const TOPICS: [&str; 3] = [
-    topic::PROCESSING,
-    topic::PROCESSING_FAIL,
-    topic::PAYMENT_FAIL,
-];
+pub const TOPICS: [&str; 3] = crate::branch::TOPICS;
 
 /// Reads [`BranchSettings`] from the environment, then [`start_with`].
 pub async fn start(
@@ -51,12 +46,12 @@ pub async fn start_with(
     settings: BranchSettings,
     shutdown: CancellationToken,
 ) -> Result<Running, ServiceError> {
-    saga_kit::service::launch(
-        &config,
+    crate::branch::start(
+        config,
         MIGRATION,
-        &TOPICS,
         api::router,
-        saga::ProductSaga::new(settings),
+        saga::Stock,
+        settings,
         shutdown,
     )
     .await

@@ -13,14 +13,13 @@
 //! Stock is taken with the product row locked (`FOR UPDATE`), so concurrent orders for
 //! one product never oversell; the table's `CHECK (stock >= 0)` is the last line.
 
-use saga_kit::consumer::{Event, HandleError, Handler};
 use tokio_postgres::Transaction;
 use uuid::Uuid;
 
+use crate::branch::BranchWork;
 use crate::events::{
-    self, aggregate, kind, Branch, OrderProcessing, PaymentFailed, ProcessingFailed, StockReserved,
+    self, aggregate, kind, Branch, OrderProcessing, ProcessingFailed, StockReserved,
 };
-use crate::settings::BranchSettings;
 
 /// A `stock_reservations` row's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,55 +105,28 @@ pub fn on_compensate(existing: Option<Reservation>) -> OnCompensate {
     }
 }
 
-/// Whether an `OrderProcessingFailed` of `branch` compensates the stock branch: every
-/// failure but its own (a refused reservation took nothing).
-pub fn compensates(branch: Branch) -> bool {
-    branch != Branch::Stock
-}
-
-/// The product service's [`Handler`].
+/// The product service's part of an order, for [`crate::branch::BranchSaga`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ProductSaga {
-    settings: BranchSettings,
-}
+pub struct Stock;
 
-impl ProductSaga {
-    pub fn new(settings: BranchSettings) -> ProductSaga {
-        ProductSaga { settings }
+impl BranchWork for Stock {
+    const BRANCH: Branch = Branch::Stock;
+    const SERVICE: &'static str = "checkout product service";
+
+    async fn take(
+        &self,
+        tx: &Transaction<'_>,
+        order: &OrderProcessing,
+    ) -> Result<(), tokio_postgres::Error> {
+        reserve(tx, order).await
     }
-}
 
-impl Handler for ProductSaga {
-    async fn handle(&self, tx: &Transaction<'_>, event: &Event) -> Result<(), HandleError> {
-        match event.event_type.as_str() {
-            kind::ORDER_PROCESSING => {
-                let order: OrderProcessing = event.parse()?;
-                self.settings.delay().await;
-                reserve(tx, &order).await?;
-            }
-            kind::PROCESSING_FAILED => {
-                let failed: ProcessingFailed = event.parse()?;
-                self.settings.delay().await;
-                if compensates(failed.branch) {
-                    compensate(tx, failed.order_id).await?;
-                } else {
-                    tracing::info!("the stock branch's own failure; nothing to give back");
-                }
-            }
-            kind::PAYMENT_FAILED => {
-                let failed: PaymentFailed = event.parse()?;
-                self.settings.delay().await;
-                compensate(tx, failed.order_id).await?;
-            }
-            other => {
-                return Err(HandleError::permanent(format!(
-                    "unknown event type {other:?} on {}: the checkout product service handles \
-                     OrderProcessing, OrderProcessingFailed and OrderPaymentFailed",
-                    event.topic
-                )))
-            }
-        }
-        Ok(())
+    async fn undo(
+        &self,
+        tx: &Transaction<'_>,
+        order_id: Uuid,
+    ) -> Result<(), tokio_postgres::Error> {
+        compensate(tx, order_id).await
     }
 }
 
@@ -352,9 +324,6 @@ mod tests {
         ] {
             assert_eq!(on_compensate(Some(state)), OnCompensate::Nothing);
         }
-        assert!(!compensates(Branch::Stock));
-        assert!(compensates(Branch::Coupon));
-        assert!(compensates(Branch::Deadline));
     }
 
     #[test]
