@@ -35,12 +35,12 @@ install_demo_packages
 echo "== building the relay and the services"
 cargo build --quiet -p outbox-relay -p order-service -p product-service -p delivery-service \
   -p payment-service -p user-service -p auth-service --bins
-# The checkout services run as `saga-service checkout-<name>` (services/saga-tests).
-if wants checkout; then cargo build --quiet -p saga-tests --bin saga-service; fi
+# The checkout services are one binary: `checkout-service order|product|coupon|user`.
+if wants checkout; then cargo build --quiet -p checkout-services --bins; fi
 if wants payment; then POINTS_JAR=$(build_points_service); fi
 RELAY=target/debug/outbox-relay
 SERVICE_BIN=target/debug
-SAGA_SERVICE=target/debug/saga-service
+CHECKOUT_SERVICE=target/debug/checkout-service
 
 services_init demo
 trap services_cleanup EXIT

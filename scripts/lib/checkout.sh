@@ -1,8 +1,9 @@
+# shellcheck shell=bash
 # The checkout saga's services and relays for scripts/demo.sh: each service runs as
-# `saga-service checkout-<name>` (services/saga-tests/src/bin/saga-service.rs, the same
-# library `start` the services' tests run), each relay from config/checkout-<name>-relay.toml.
+# `checkout-service <name>` (services/checkout/src/bin/checkout-service.rs), each relay
+# from config/checkout-<name>-relay.toml.
 # Needs services.sh and saga.sh (PG_PORT, BROKER_PORT, WORK, free_port, saga_track,
-# wait_for_slot_active) and SAGA_SERVICE (the binary) and RELAY set.
+# wait_for_slot_active) and CHECKOUT_SERVICE (the binary) and RELAY set.
 
 # Starts checkout service <name> (order|product|coupon|user) on database checkout_<name>s
 # on a free loopback port, appending to $WORK/checkout-<name>-service.log; extra
@@ -15,7 +16,7 @@ checkout_start_service() {
   env DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/checkout_${name}s" \
     KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" LISTEN_ADDR="127.0.0.1:$port" \
     NO_COLOR=1 "$@" \
-    "$SAGA_SERVICE" "checkout-$name" >>"$WORK/checkout-$name-service.log" 2>&1 &
+    "$CHECKOUT_SERVICE" "$name" >>"$WORK/checkout-$name-service.log" 2>&1 &
   pid=$!
   saga_track "checkout-$name-service" "$pid"
   local deadline=$((SECONDS + 60))
@@ -52,7 +53,7 @@ checkout_start_relay() {
   port=$(free_port)
   sed "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "config/checkout-$name-relay.toml" \
     >"$WORK/checkout-$name-relay.toml"
-  DB_USER=postgres DB_PASSWORD= DB_ADDR="127.0.0.1:$PG_PORT" DB_NAME="checkout_${name}s" \
+  DB_USER=postgres DB_PASSWORD='' DB_ADDR="127.0.0.1:$PG_PORT" DB_NAME="checkout_${name}s" \
     KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:$BROKER_PORT" \
     "$RELAY" run --config "$WORK/checkout-$name-relay.toml" >"$WORK/checkout-$name-relay.log" 2>&1 &
   pid=$!
