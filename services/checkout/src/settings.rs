@@ -13,7 +13,6 @@
 use std::time::Duration;
 
 use saga_kit::config::ConfigError;
-use saga_kit::service::ServiceError;
 
 pub const DEADLINE_MS: &str = "CHECKOUT_DEADLINE_MS";
 pub const SWEEP_MS: &str = "CHECKOUT_SWEEP_MS";
@@ -82,13 +81,6 @@ impl BranchSettings {
         let ms = random % most.saturating_add(1);
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
-}
-
-/// A bad setting as the error `start` returns. saga-kit's [`ServiceError`] has no
-/// variant for settings (its own are read before `start`), so it travels as an
-/// `InvalidInput` I/O error whose message names the variable.
-pub fn start_error(e: ConfigError) -> ServiceError {
-    ServiceError::Serve(std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 fn millis(

@@ -35,6 +35,10 @@ pub enum ServiceError {
     Consumer(#[from] ConsumerError),
     #[error(transparent)]
     Db(#[from] DbError),
+    /// A setting a service reads in its own `start` (beyond [`ServiceConfig`]) is bad;
+    /// the message names the variable.
+    #[error("bad configuration: {0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A started service: where it listens and the task that ends when it stops.

@@ -24,7 +24,7 @@ use saga_kit::config::ServiceConfig;
 use saga_kit::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
-use crate::settings::{self, BranchSettings};
+use crate::settings::BranchSettings;
 
 /// The service name: the default consumer group and the log target.
 pub const SERVICE: &str = "checkout-coupon-service";
@@ -38,7 +38,7 @@ pub async fn start(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, ServiceError> {
-    let settings = BranchSettings::from_env().map_err(settings::start_error)?;
+    let settings = BranchSettings::from_env()?;
     start_with(config, settings, shutdown).await
 }
 

@@ -33,7 +33,7 @@ use saga_kit::service::{Running, ServiceError};
 use tokio_util::sync::CancellationToken;
 
 use crate::events::topic;
-use crate::settings::{self, OrderSettings};
+use crate::settings::OrderSettings;
 
 /// The service name: the default consumer group and the log target.
 pub const SERVICE: &str = "checkout-order-service";
@@ -54,7 +54,7 @@ pub async fn start(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<Running, ServiceError> {
-    let settings = OrderSettings::from_env().map_err(settings::start_error)?;
+    let settings = OrderSettings::from_env()?;
     start_with(config, settings, shutdown).await
 }
 
