@@ -142,7 +142,13 @@ impl TopicManager {
             return Ok(());
         }
         if self.create {
-            self.create_topic(topic).await?;
+            // Metadata first: a topic that exists needs no CreateTopics. That request goes
+            // on to the controller, which a broker just fenced and thawed may not reach for
+            // minutes (every attempt timed out while metadata and produce worked), whereas
+            // the broker answers metadata itself.
+            if !self.exists(topic)? {
+                self.create_topic(topic).await?;
+            }
         } else if self.seen.contains(topic) {
             if !self.exists(topic)? {
                 return Err(PublishError::TopicGone(topic.to_string()));
