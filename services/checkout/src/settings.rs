@@ -37,7 +37,7 @@ impl OrderSettings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let deadline = millis(&lookup, DEADLINE_MS)?.unwrap_or(DEFAULT_DEADLINE);
         if deadline.is_zero() {
-            return Err(invalid(DEADLINE_MS, "0", "must be at least 1"));
+            return Err(ConfigError::invalid(DEADLINE_MS, "0", "must be at least 1"));
         }
         let sweep = millis(&lookup, SWEEP_MS)?
             .unwrap_or_else(|| (deadline / 4).min(MAX_DEFAULT_SWEEP))
@@ -92,17 +92,9 @@ fn millis(
             raw.trim()
                 .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|e| invalid(name, &raw, e))
+                .map_err(|e| ConfigError::invalid(name, &raw, e))
         })
         .transpose()
-}
-
-fn invalid(name: &'static str, value: &str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        name,
-        value: value.to_owned(),
-        reason: reason.to_string(),
-    }
 }
 
 #[cfg(test)]

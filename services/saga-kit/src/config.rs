@@ -59,22 +59,32 @@ impl ServiceConfig {
             kafka_bootstrap_servers: required("KAFKA_BOOTSTRAP_SERVERS")?,
             listen: listen
                 .parse()
-                .map_err(|e| invalid("LISTEN_ADDR", &listen, e))?,
+                .map_err(|e| ConfigError::invalid("LISTEN_ADDR", &listen, e))?,
             consumer_group: lookup("CONSUMER_GROUP").unwrap_or_else(|| service.to_owned()),
             db_pool_size: match pool.parse() {
-                Ok(0) => return Err(invalid("DB_POOL_SIZE", &pool, "must be at least 1")),
+                Ok(0) => {
+                    return Err(ConfigError::invalid(
+                        "DB_POOL_SIZE",
+                        &pool,
+                        "must be at least 1",
+                    ))
+                }
                 Ok(n) => n,
-                Err(e) => return Err(invalid("DB_POOL_SIZE", &pool, e)),
+                Err(e) => return Err(ConfigError::invalid("DB_POOL_SIZE", &pool, e)),
             },
         })
     }
 }
 
-fn invalid(name: &'static str, value: &str, reason: impl ToString) -> ConfigError {
-    ConfigError::Invalid {
-        name,
-        value: value.to_owned(),
-        reason: reason.to_string(),
+impl ConfigError {
+    /// [`ConfigError::Invalid`]: variable `name` holds `value`, which breaks `reason`.
+    /// Public, so a service's own settings report a bad value the same way.
+    pub fn invalid(name: &'static str, value: &str, reason: impl ToString) -> ConfigError {
+        ConfigError::Invalid {
+            name,
+            value: value.to_owned(),
+            reason: reason.to_string(),
+        }
     }
 }
 
