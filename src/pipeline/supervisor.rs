@@ -212,15 +212,14 @@ impl Pipeline {
             // before the failure, and stop. Nothing after it is acknowledged.
             sink_result = &mut sink_task => {
                 halt.cancel();
-                match tokio::time::timeout(drain_timeout, &mut source_task).await {
-                    Ok(source_result) => {
-                        if let Err(e) = flatten(source_result) {
-                            warn!(error = %e, "replication did not stop cleanly");
-                        }
+                let source_result = match tokio::time::timeout(drain_timeout, &mut source_task).await {
+                    Ok(source_result) => Some(flatten(source_result)),
+                    Err(_) => {
+                        source_task.abort();
+                        None
                     }
-                    Err(_) => source_task.abort(),
-                }
-                flatten(sink_result)
+                };
+                run_outcome(flatten(sink_result), source_result, shutdown.is_cancelled())
             }
             source_result = &mut source_task => {
                 let source_result = flatten(source_result);
@@ -233,12 +232,44 @@ impl Pipeline {
                         Ok(())
                     }
                 };
-                source_result.and(sink_result)
+                run_outcome(sink_result, Some(source_result), shutdown.is_cancelled())
             }
         };
         carried.flushed = carried.flushed.max(checkpoint.flushed());
         health.set_streaming(false);
         outcome
+    }
+}
+
+/// One run's outcome from both halves' results, whichever ended first (`source`: `None`
+/// when it had to be aborted).
+///
+/// The sink ends by itself, `Ok`, once the source dropped its sender, and both tasks can
+/// be done by the time the supervisor looks: the sink's `Ok` must never hide the source's
+/// retryable error (a run that ends `Ok` ends the process with success; seen in CI after
+/// a restore, where the relay exited instead of restarting). A run that ends `Ok` without
+/// a shutdown is itself retryable: only a shutdown stops the relay without an error.
+fn run_outcome(
+    sink: Result<(), RelayError>,
+    source: Option<Result<(), RelayError>>,
+    shutting_down: bool,
+) -> Result<(), RelayError> {
+    match (sink, source) {
+        (Err(sink), Some(Err(source))) => {
+            warn!(error = %source, "replication did not stop cleanly");
+            Err(sink)
+        }
+        (Err(sink), _) => Err(sink),
+        (Ok(()), Some(Err(source))) => Err(source),
+        (Ok(()), _) if shutting_down => Ok(()),
+        (Ok(()), source) => Err(RelayError::Internal(format!(
+            "the pipeline ended without a shutdown (the source {}); restarting it",
+            if source.is_some() {
+                "ended"
+            } else {
+                "did not stop"
+            }
+        ))),
     }
 }
 
@@ -400,6 +431,49 @@ async fn run_source(
         );
         if !backoff::pause(delay, &shutdown).await {
             return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lost() -> RelayError {
+        RelayError::Replication(ReplicationError::Closed)
+    }
+
+    #[test]
+    fn a_sink_that_drained_after_the_source_failed_restarts_with_the_source_error() {
+        let outcome = run_outcome(Ok(()), Some(Err(lost())), false);
+        assert!(
+            matches!(
+                outcome,
+                Err(RelayError::Replication(ReplicationError::Closed))
+            ),
+            "{outcome:?}"
+        );
+    }
+
+    #[test]
+    fn the_sink_failure_wins_over_the_source_it_halted() {
+        let sink = RelayError::Internal("sink".into());
+        let outcome = run_outcome(Err(sink), Some(Err(lost())), false);
+        assert!(matches!(outcome, Err(RelayError::Internal(m)) if m == "sink"));
+        let outcome = run_outcome(Err(RelayError::Internal("sink".into())), None, false);
+        assert!(matches!(outcome, Err(RelayError::Internal(m)) if m == "sink"));
+    }
+
+    #[test]
+    fn only_a_shutdown_ends_a_run_without_an_error() {
+        assert!(run_outcome(Ok(()), Some(Ok(())), true).is_ok());
+        assert!(run_outcome(Ok(()), None, true).is_ok());
+        for source in [Some(Ok(())), None] {
+            let outcome = run_outcome(Ok(()), source, false);
+            assert!(
+                outcome.as_ref().is_err_and(|e| e.is_retryable()),
+                "{outcome:?}"
+            );
         }
     }
 }
