@@ -232,7 +232,7 @@ impl Pipeline {
                         Ok(())
                     }
                 };
-                run_outcome(sink_result, Some(source_result), shutdown.is_cancelled())
+                run_outcome(source_result, Some(sink_result), shutdown.is_cancelled())
             }
         };
         carried.flushed = carried.flushed.max(checkpoint.flushed());
@@ -241,35 +241,31 @@ impl Pipeline {
     }
 }
 
-/// One run's outcome from both halves' results, whichever ended first (`source`: `None`
-/// when it had to be aborted).
+/// One run's outcome from both halves' results: `first`, the half that ended first, and
+/// `second` (`None` when it had to be aborted).
 ///
-/// The sink ends by itself, `Ok`, once the source dropped its sender, and both tasks can
-/// be done by the time the supervisor looks: the sink's `Ok` must never hide the source's
-/// retryable error (a run that ends `Ok` ends the process with success; seen in CI after
-/// a restore, where the relay exited instead of restarting). A run that ends `Ok` without
-/// a shutdown is itself retryable: only a shutdown stops the relay without an error.
+/// The first failure is the run's failure, as before. But the sink also ends by itself,
+/// `Ok`, once the source dropped its sender, and both tasks can be done by the time the
+/// supervisor looks: a first `Ok` must never hide the second half's error (a run that
+/// ends `Ok` ends the process with success; seen in CI after a restore, where the relay
+/// exited instead of restarting). A run that ends `Ok` without a shutdown is itself
+/// retryable: only a shutdown stops the relay without an error.
 fn run_outcome(
-    sink: Result<(), RelayError>,
-    source: Option<Result<(), RelayError>>,
+    first: Result<(), RelayError>,
+    second: Option<Result<(), RelayError>>,
     shutting_down: bool,
 ) -> Result<(), RelayError> {
-    match (sink, source) {
-        (Err(sink), Some(Err(source))) => {
-            warn!(error = %source, "replication did not stop cleanly");
-            Err(sink)
+    match (first, second) {
+        (Err(first), Some(Err(second))) => {
+            warn!(error = %second, "the other half of the pipeline did not stop cleanly");
+            Err(first)
         }
-        (Err(sink), _) => Err(sink),
-        (Ok(()), Some(Err(source))) => Err(source),
+        (Err(first), _) => Err(first),
+        (Ok(()), Some(Err(second))) => Err(second),
         (Ok(()), _) if shutting_down => Ok(()),
-        (Ok(()), source) => Err(RelayError::Internal(format!(
-            "the pipeline ended without a shutdown (the source {}); restarting it",
-            if source.is_some() {
-                "ended"
-            } else {
-                "did not stop"
-            }
-        ))),
+        (Ok(()), _) => Err(RelayError::Internal(
+            "the pipeline ended without a shutdown; restarting it".into(),
+        )),
     }
 }
 
@@ -462,6 +458,23 @@ mod tests {
         assert!(matches!(outcome, Err(RelayError::Internal(m)) if m == "sink"));
         let outcome = run_outcome(Err(RelayError::Internal("sink".into())), None, false);
         assert!(matches!(outcome, Err(RelayError::Internal(m)) if m == "sink"));
+    }
+
+    #[test]
+    fn a_source_that_failed_first_keeps_its_error_over_the_sink_that_drained_after_it() {
+        let slot_lost = RelayError::Replication(ReplicationError::SlotUnusable("lost".into()));
+        let outcome = run_outcome(
+            Err(slot_lost),
+            Some(Err(RelayError::Internal("sink".into()))),
+            false,
+        );
+        assert!(
+            matches!(
+                outcome,
+                Err(RelayError::Replication(ReplicationError::SlotUnusable(_)))
+            ),
+            "{outcome:?}"
+        );
     }
 
     #[test]
