@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashSet as FastSet};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, info, warn};
 
 use super::client_config;
@@ -60,7 +60,8 @@ impl SeenTopics {
 /// Topics the relay has confirmed, and the client that confirms them.
 #[allow(missing_debug_implementations)]
 pub struct TopicManager {
-    admin: AdminClient<RebootstrapContext>,
+    /// Shared so that blocking metadata requests run off the async threads.
+    admin: Arc<AdminClient<RebootstrapContext>>,
     /// Confirmed in this pipeline run and not reported gone since.
     known: FastSet<Arc<str>>,
     /// Confirmed at any time since the relay started.
@@ -100,7 +101,7 @@ impl TopicManager {
         let client = admin.inner();
         client.context().0.attach(client.native_ptr());
         Ok(TopicManager {
-            admin,
+            admin: Arc::new(admin),
             known: FastSet::default(),
             seen,
             limits: HashMap::default(),
@@ -146,11 +147,11 @@ impl TopicManager {
             // on to the controller, which a broker just fenced and thawed may not reach for
             // minutes (every attempt timed out while metadata and produce worked), whereas
             // the broker answers metadata itself.
-            if !self.exists(topic)? {
+            if !self.exists(topic).await? {
                 self.create_topic(topic).await?;
             }
         } else if self.seen.contains(topic) {
-            if !self.exists(topic)? {
+            if !self.exists(topic).await? {
                 return Err(PublishError::TopicGone(topic.to_string()));
             }
         } else {
@@ -225,7 +226,7 @@ impl TopicManager {
         if self.known.contains(topic) {
             return Ok(());
         }
-        if !self.exists(topic)? {
+        if !self.exists(topic).await? {
             let mut configs = vec![("cleanup.policy".to_owned(), "compact".to_owned())];
             configs.extend(
                 self.topic_config
@@ -292,7 +293,7 @@ impl TopicManager {
             .entry(Arc::clone(topic))
             .or_insert_with(Instant::now);
         loop {
-            if self.exists(topic)? {
+            if self.exists(topic).await? {
                 self.missing_since.remove(topic);
                 return Ok(());
             }
@@ -303,12 +304,21 @@ impl TopicManager {
         }
     }
 
-    fn exists(&self, topic: &str) -> Result<bool, PublishError> {
-        let metadata = self
-            .admin
-            .inner()
-            .fetch_metadata(Some(topic), ADMIN_TIMEOUT)
-            .map_err(PublishError::Client)?;
-        Ok(!super::partitions_of(&metadata, topic).is_empty())
+    /// Whether the broker's metadata lists `topic`'s partitions. The request blocks for up
+    /// to [`ADMIN_TIMEOUT`], so it runs on the blocking pool: on an async thread it would
+    /// stall the replication stream's keepalives (the server drops the connection) and
+    /// every `select!` waiting beside it, such as the sink's stop on bad credentials.
+    async fn exists(&self, topic: &str) -> Result<bool, PublishError> {
+        let admin = Arc::clone(&self.admin);
+        let topic = topic.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let metadata = admin
+                .inner()
+                .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+                .map_err(PublishError::Client)?;
+            Ok(!super::partitions_of(&metadata, &topic).is_empty())
+        })
+        .await
+        .map_err(|_| PublishError::Client(KafkaError::Canceled))?
     }
 }
