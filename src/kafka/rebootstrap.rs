@@ -17,6 +17,11 @@
 //! It logs one warning and counts `outbox_relay_kafka_rebootstraps_total`. Adding a
 //! broker that is already known is a no-op in librdkafka, so a false alarm costs
 //! nothing.
+//!
+//! The admin client (topic lookups and creation) serves no statistics: rust-rdkafka polls
+//! only its results queue. Its owner adds the list again whenever one of its requests
+//! fails ([`Rebootstrap::after_failed_request`]); otherwise the first new topic after a
+//! fencing waited on an admin client with no broker, for good (seen in CI).
 #![allow(unsafe_code)] // One FFI call the rdkafka crate does not wrap; see `rebootstrap`.
 
 use std::ffi::CString;
@@ -25,7 +30,6 @@ use std::time::Duration;
 
 use rdkafka::bindings::{rd_kafka_brokers_add, rd_kafka_t};
 use rdkafka::statistics::Statistics;
-use rdkafka::ClientContext;
 use tracing::warn;
 
 use crate::metrics as metric;
@@ -73,9 +77,31 @@ impl Rebootstrap {
 
     /// Called from the client's statistics callback, `now_ms` since the Unix epoch.
     pub fn check(&self, stats: &Statistics, now_ms: u64) {
-        if !lost_every_broker(stats) {
-            return;
+        if lost_every_broker(stats) {
+            self.add_bootstrap(
+                now_ms,
+                "the Kafka client had no broker left (a metadata answer listed none, e.g. \
+                 after the cluster fenced its brokers); adding the bootstrap servers again",
+            );
         }
+    }
+
+    /// Called by the owner of a client that serves no statistics (the admin client: its
+    /// main queue is never polled) when a request found no broker to answer it. Adding
+    /// the list again costs nothing when the brokers are known.
+    pub fn after_failed_request(&self) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.add_bootstrap(
+            now_ms,
+            "a Kafka admin request found no broker to answer it (e.g. after the cluster \
+             fenced its brokers); adding the bootstrap servers again",
+        );
+    }
+
+    /// Adds the bootstrap list to the client, at most once per [`MIN_INTERVAL`].
+    fn add_bootstrap(&self, now_ms: u64, why: &'static str) {
         let last = self.last_ms.load(Ordering::Relaxed);
         if now_ms.saturating_sub(last) < MIN_INTERVAL.as_millis() as u64 {
             return;
@@ -85,33 +111,13 @@ impl Rebootstrap {
         if client.is_null() || self.bootstrap.as_bytes().is_empty() {
             return;
         }
-        // SAFETY: `client` is the live handle of the client whose context owns `self`
-        // ([`Rebootstrap::attach`]); this runs inside that client's statistics callback,
-        // so the handle cannot have been destroyed. `rd_kafka_brokers_add` is thread
-        // safe (it takes the client's own lock) and copies the NUL-terminated string.
+        // SAFETY: `client` is the live handle of the client this value was attached to
+        // ([`Rebootstrap::attach`]), and both callers run while that client lives: its
+        // own statistics callback, or the owner that holds the client. It is thread safe
+        // (`rd_kafka_brokers_add` takes the client's own lock) and copies the string.
         let added = unsafe { rd_kafka_brokers_add(client, self.bootstrap.as_ptr()) };
         metrics::counter!(metric::KAFKA_REBOOTSTRAPS).increment(1);
-        warn!(
-            bootstrap = %self.bootstrap.to_string_lossy(),
-            added,
-            "the Kafka client had no broker left (a metadata answer listed none, e.g. after \
-             the cluster fenced its brokers); adding the bootstrap servers again"
-        );
-    }
-}
-
-/// The context of a client that needs nothing but this watchdog (the admin client):
-/// statistics in, [`Rebootstrap::check`] out. The producer calls `check` from its own
-/// context.
-#[derive(Debug)]
-pub struct RebootstrapContext(pub Rebootstrap);
-
-impl ClientContext for RebootstrapContext {
-    fn stats(&self, stats: Statistics) {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.0.check(&stats, now_ms);
+        warn!(bootstrap = %self.bootstrap.to_string_lossy(), added, "{why}");
     }
 }
 

@@ -24,11 +24,12 @@ use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashSet as FastSet};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{debug, info, warn};
 
 use super::client_config;
-use super::rebootstrap::{Rebootstrap, RebootstrapContext};
+use super::rebootstrap::Rebootstrap;
 use super::{EventProducer, PublishError};
 use crate::config::KafkaConfig;
 
@@ -61,7 +62,11 @@ impl SeenTopics {
 #[allow(missing_debug_implementations)]
 pub struct TopicManager {
     /// Shared so that blocking metadata requests run off the async threads.
-    admin: Arc<AdminClient<RebootstrapContext>>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// Gives the admin client its brokers back after a request found none. Its
+    /// statistics are never served (rust-rdkafka polls only the admin results queue),
+    /// so the statistics watchdog of [`super::rebootstrap`] cannot do it here.
+    rebootstrap: Rebootstrap,
     /// Confirmed in this pipeline run and not reported gone since.
     known: FastSet<Arc<str>>,
     /// Confirmed at any time since the relay started.
@@ -92,16 +97,14 @@ const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl TopicManager {
     pub fn new(kafka: &KafkaConfig, seen: SeenTopics) -> Result<Self, PublishError> {
-        let context = RebootstrapContext(Rebootstrap::new(&kafka.bootstrap_servers));
-        let admin: AdminClient<RebootstrapContext> = client_config::connection_config(kafka)
-            // Only for the re-bootstrap watchdog (see super::rebootstrap).
-            .set("statistics.interval.ms", "1000")
-            .create_with_context(context)
+        let admin: AdminClient<DefaultClientContext> = client_config::connection_config(kafka)
+            .create()
             .map_err(PublishError::Client)?;
-        let client = admin.inner();
-        client.context().0.attach(client.native_ptr());
+        let rebootstrap = Rebootstrap::new(&kafka.bootstrap_servers);
+        rebootstrap.attach(admin.inner().native_ptr());
         Ok(TopicManager {
             admin: Arc::new(admin),
+            rebootstrap,
             known: FastSet::default(),
             seen,
             limits: HashMap::default(),
@@ -265,7 +268,10 @@ impl TopicManager {
             .admin
             .create_topics([&new_topic], &options)
             .await
-            .map_err(PublishError::Client)?;
+            .map_err(|e| {
+                self.rebootstrap.after_failed_request();
+                PublishError::Client(e)
+            })?;
         for result in results {
             match result {
                 Ok(_) => info!(topic, "created topic"),
@@ -311,7 +317,7 @@ impl TopicManager {
     async fn exists(&self, topic: &str) -> Result<bool, PublishError> {
         let admin = Arc::clone(&self.admin);
         let topic = topic.to_owned();
-        tokio::task::spawn_blocking(move || {
+        let fetched = tokio::task::spawn_blocking(move || {
             let metadata = admin
                 .inner()
                 .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
@@ -319,6 +325,10 @@ impl TopicManager {
             Ok(!super::partitions_of(&metadata, &topic).is_empty())
         })
         .await
-        .map_err(|_| PublishError::Client(KafkaError::Canceled))?
+        .map_err(|_| PublishError::Client(KafkaError::Canceled))?;
+        if fetched.is_err() {
+            self.rebootstrap.after_failed_request();
+        }
+        fetched
     }
 }
