@@ -186,6 +186,34 @@ impl Checkpoint {
         Ok(self.advance())
     }
 
+    /// [`Checkpoint::ack`] for `(seq, count)` runs (a burst of delivery reports), in any
+    /// order, folding them into the flush LSN once. Stops at the first run it rejects;
+    /// the runs before it stay acknowledged. Returns whether the flush LSN moved.
+    pub fn ack_runs(&mut self, runs: &[(TxnSeq, u64)]) -> Result<bool, CheckpointError> {
+        let mut outcome = Ok(());
+        for &(seq, count) in runs {
+            let txn = match self.slot(seq) {
+                Ok(txn) => txn,
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            };
+            if count > txn.outstanding {
+                outcome = Err(CheckpointError::TooManyAcks {
+                    seq,
+                    acked: count,
+                    outstanding: txn.outstanding,
+                });
+                break;
+            }
+            txn.outstanding -= count;
+            self.in_flight_events -= count;
+        }
+        let moved = self.advance();
+        outcome.map(|()| moved)
+    }
+
     /// `count` registered events of `seq` will never be handed over (their connection
     /// ended first). They leave the in-flight count, and `seq` can no longer be flushed:
     /// the server sends it again after [`Checkpoint::resume`].
@@ -324,6 +352,24 @@ impl SharedCheckpoint {
             self.inner.drained.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Acknowledges `(seq, count)` runs under one lock (see [`Checkpoint::ack_runs`]);
+    /// wakes the source once when the flush LSN moved.
+    pub fn ack_runs(&self, runs: &[(TxnSeq, u64)]) -> Result<(), CheckpointError> {
+        let (outcome, drained) = {
+            let mut state = self.lock();
+            let outcome = state.ack_runs(runs);
+            (outcome, state.in_flight_events() == 0)
+        };
+        // Wake on a partial success too: what was acknowledged before the bad run stands.
+        if outcome.as_ref().map_or(true, |moved| *moved) {
+            self.inner.advanced.notify_one();
+        }
+        if drained {
+            self.inner.drained.notify_waiters();
+        }
+        outcome.map(|_| ())
     }
 
     /// Releases registered events that will never be handed over (see

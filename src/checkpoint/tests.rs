@@ -262,3 +262,67 @@ proptest! {
         against_the_model(&ops);
     }
 }
+
+#[test]
+fn acknowledging_runs_stops_at_a_bad_run_and_keeps_the_runs_before_it() {
+    let mut cp = Checkpoint::new(Lsn(0));
+    let t1 = cp.begin();
+    cp.add_events(t1, 2).unwrap();
+    cp.commit(t1, Lsn(10)).unwrap();
+    let t2 = cp.begin();
+    cp.add_events(t2, 1).unwrap();
+    cp.commit(t2, Lsn(20)).unwrap();
+    assert!(matches!(
+        cp.ack_runs(&[(t1, 2), (t2, 2), (t2, 1)]),
+        Err(CheckpointError::TooManyAcks { acked: 2, .. })
+    ));
+    assert_eq!(cp.flushed(), Lsn(10), "the first run stands");
+    assert_eq!(cp.in_flight_events(), 1);
+    assert!(cp.ack_runs(&[(t2, 1)]).unwrap());
+    assert_eq!(cp.flushed(), Lsn(20));
+}
+
+proptest! {
+    /// A burst acknowledged as runs ends exactly where the same acknowledgements one by
+    /// one end: flush LSN, in-flight count and whether it moved.
+    #[test]
+    fn runs_acknowledge_like_single_reports(
+        sizes in proptest::collection::vec(1u64..5, 1..12),
+        order in proptest::collection::vec(any::<u16>(), 0..60),
+        cuts in proptest::collection::vec(any::<bool>(), 0..60),
+    ) {
+        let mut single = Checkpoint::new(Lsn(0));
+        let mut reports = Vec::new();
+        for (i, size) in sizes.iter().enumerate() {
+            let seq = single.begin();
+            single.add_events(seq, *size).unwrap();
+            single.commit(seq, Lsn(10 * (i as u64 + 1))).unwrap();
+            reports.extend(std::iter::repeat_n(seq, *size as usize));
+        }
+        let mut batched = single.clone();
+        // Deliveries in a shuffled order, cut into bursts.
+        for (i, pick) in order.iter().enumerate() {
+            let j = i % reports.len().max(1);
+            let k = *pick as usize % reports.len().max(1);
+            reports.swap(j, k);
+        }
+        let mut burst: Vec<(TxnSeq, u64)> = Vec::new();
+        let mut moved_single = false;
+        for (i, seq) in reports.iter().enumerate() {
+            moved_single |= single.ack(*seq, 1).unwrap();
+            match burst.last_mut() {
+                Some((last, n)) if last == seq => *n += 1,
+                _ => burst.push((*seq, 1)),
+            }
+            if cuts.get(i).copied().unwrap_or(true) || i + 1 == reports.len() {
+                let moved = batched.ack_runs(&burst).unwrap();
+                prop_assert_eq!(moved, moved_single);
+                prop_assert_eq!(batched.flushed(), single.flushed());
+                prop_assert_eq!(batched.in_flight_events(), single.in_flight_events());
+                burst.clear();
+                moved_single = false;
+            }
+        }
+        prop_assert_eq!(batched.flushed(), Lsn(10 * sizes.len() as u64));
+    }
+}

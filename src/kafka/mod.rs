@@ -1,9 +1,11 @@
 //! The Kafka half of the relay: producer settings, topic creation, delivery reports, and
 //! holding a topic the broker refuses.
 
+pub mod ack_batch;
 pub mod client_config;
 pub mod durability;
 pub mod hold;
+pub mod poller;
 pub mod producer;
 pub mod progress_reader;
 pub mod properties;

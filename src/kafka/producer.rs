@@ -39,15 +39,17 @@ use std::time::Duration;
 use metrics::{Counter, Histogram};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message};
 use tokio::sync::Notify;
 use tracing::{debug, error, trace, warn};
 
+use super::ack_batch::{AckBatch, Collected};
 use super::client_config;
+use super::poller::{BurstContext, PolledProducer};
 use super::PublishError;
-use crate::checkpoint::{SharedCheckpoint, TxnSeq};
+use crate::checkpoint::{CheckpointError, SharedCheckpoint, TxnSeq};
 use crate::config::KafkaConfig;
 use crate::dlq::Reason;
 use crate::health::Health;
@@ -75,6 +77,9 @@ thread_local! {
     /// (librdkafka's polling thread): table OID, topic, counter.
     static LAST_DELIVERED: std::cell::RefCell<Option<(Oid, Box<str>, Counter)>> =
         const { std::cell::RefCell::new(None) };
+    /// The acknowledgements of the burst of reports being served on this thread (only the
+    /// polling thread collects; see super::ack_batch).
+    static ACKS: std::cell::RefCell<AckBatch> = std::cell::RefCell::new(AckBatch::default());
 }
 
 /// How long a newly created topic may take to appear in the producer's metadata.
@@ -241,6 +246,7 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
         let Sent { order, in_flight } = *sent;
+        ACKS.with_borrow_mut(AckBatch::note_report);
         let now_unix_micros = unix_micros();
         self.last_report_ms
             .store(now_unix_micros / 1000, Ordering::Relaxed);
@@ -294,13 +300,10 @@ impl ProducerContext for DeliveryContext {
                     "delivered"
                 );
                 self.count_delivery(&in_flight.event, message.topic(), now_unix_micros);
-                if !self.acknowledge_on_delivery {
-                    // Exactly-once: acknowledged when its transaction commits.
-                } else if let Err(e) = self.checkpoint.ack(seq, 1) {
-                    // A bookkeeping bug must not move the slot: report it and stop acking.
-                    error!(error = %e, "acknowledgement rejected by the checkpoint");
-                    self.record_failure(String::new(), RDKafkaErrorCode::Fail, seq);
+                if self.acknowledge_on_delivery {
+                    self.acknowledge(seq);
                 }
+                // Exactly-once: acknowledged when its transaction commits.
             }
             Err((e, message)) => {
                 let code = e.rdkafka_error_code().unwrap_or(RDKafkaErrorCode::Fail);
@@ -338,7 +341,55 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
+impl BurstContext for DeliveryContext {
+    fn burst_begin(&self, collect: bool) {
+        ACKS.with_borrow_mut(|batch| batch.begin(collect && self.acknowledge_on_delivery));
+    }
+
+    fn burst_end(&self) -> bool {
+        self.hand_over_acks();
+        ACKS.with_borrow_mut(|batch| {
+            batch.end();
+            batch.reports() > 0
+        })
+    }
+}
+
 impl DeliveryContext {
+    /// One delivered event: kept for the end of the burst on the polling thread (see
+    /// super::ack_batch), acknowledged at once anywhere else.
+    fn acknowledge(&self, seq: TxnSeq) {
+        match ACKS.with_borrow_mut(|batch| batch.add(seq)) {
+            Collected::Kept => {}
+            Collected::Full => self.hand_over_acks(),
+            Collected::AckNow => {
+                if let Err(e) = self.checkpoint.ack(seq, 1) {
+                    self.acknowledgement_rejected(e);
+                }
+            }
+        }
+    }
+
+    /// Acknowledges the burst's collected events under one checkpoint lock.
+    fn hand_over_acks(&self) {
+        let outcome =
+            ACKS.with_borrow_mut(|batch| batch.hand_over(|runs| self.checkpoint.ack_runs(runs)));
+        if let Some(Err(e)) = outcome {
+            self.acknowledgement_rejected(e);
+        }
+    }
+
+    /// A bookkeeping bug must not move the slot: report it and stop acking.
+    fn acknowledgement_rejected(&self, e: CheckpointError) {
+        error!(error = %e, "acknowledgement rejected by the checkpoint");
+        let seq = match e {
+            CheckpointError::UnknownTransaction(seq)
+            | CheckpointError::TooManyAcks { seq, .. }
+            | CheckpointError::BadCommit(seq) => seq,
+        };
+        self.record_failure(String::new(), RDKafkaErrorCode::Fail, seq);
+    }
+
     /// Milliseconds since the last delivery report.
     fn silent_ms(&self) -> u64 {
         unix_millis().saturating_sub(self.last_report_ms.load(Ordering::Relaxed))
@@ -390,7 +441,7 @@ impl DeliveryContext {
 /// The relay's Kafka producer.
 #[allow(missing_debug_implementations)]
 pub struct EventProducer {
-    producer: ThreadedProducer<DeliveryContext>,
+    producer: PolledProducer<DeliveryContext>,
     /// The next record's place in send order.
     next_order: AtomicU64,
     delivered: Arc<Notify>,
@@ -424,10 +475,11 @@ impl EventProducer {
             delivered: Arc::clone(&delivered),
             rebootstrap: super::rebootstrap::Rebootstrap::new(&kafka.bootstrap_servers),
         };
-        let producer: ThreadedProducer<DeliveryContext> =
-            client_config::producer_config(kafka, transactional_id)
-                .create_with_context(context)
-                .map_err(PublishError::Client)?;
+        let producer = PolledProducer::new(
+            &client_config::producer_config(kafka, transactional_id),
+            context,
+        )
+        .map_err(PublishError::Client)?;
         let client = producer.client();
         client.context().rebootstrap.attach(client.native_ptr());
         Ok(EventProducer {
@@ -570,9 +622,9 @@ impl EventProducer {
     /// Runs one blocking transactional call of librdkafka on a blocking thread.
     async fn transactional(
         &self,
-        call: impl FnOnce(&ThreadedProducer<DeliveryContext>) -> Result<(), KafkaError> + Send + 'static,
+        call: impl FnOnce(&BaseProducer<DeliveryContext>) -> Result<(), KafkaError> + Send + 'static,
     ) -> Result<(), KafkaError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.shared();
         tokio::task::spawn_blocking(move || call(&producer))
             .await
             .map_err(|_| KafkaError::Canceled)?
@@ -668,7 +720,7 @@ impl EventProducer {
     /// are back would wait in the unassigned queue and could be overtaken (see
     /// [`EventProducer::wait_for_topic`]).
     pub async fn knows_partitions(&self, topic: &str) -> bool {
-        let producer = self.producer.clone();
+        let producer = self.producer.shared();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             producer
@@ -688,7 +740,7 @@ impl EventProducer {
     /// after that moment can overtake them and break per-key order. Producing only once
     /// the partitions are known avoids that window.
     pub async fn wait_for_topic(&self, topic: &str) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
+        let producer = self.producer.shared();
         let topic = topic.to_owned();
         tokio::task::spawn_blocking(move || {
             let deadline = std::time::Instant::now() + TOPIC_METADATA_TIMEOUT;
@@ -808,9 +860,14 @@ impl EventProducer {
         self.producer.in_flight_count()
     }
 
-    /// Waits (blocking a thread, up to `timeout`) for outstanding deliveries.
+    /// Waits (blocking a thread, up to `timeout`) for outstanding deliveries, and until
+    /// the polling thread has acknowledged them all to the checkpoint.
     pub fn flush(&self, timeout: Duration) -> Result<(), PublishError> {
-        self.producer.flush(timeout).map_err(PublishError::Client)
+        let started = std::time::Instant::now();
+        self.producer.flush(timeout).map_err(PublishError::Client)?;
+        self.producer
+            .settle(timeout.saturating_sub(started.elapsed()));
+        Ok(())
     }
 }
 
@@ -830,11 +887,7 @@ fn take_in_flight(sent: Sent) -> InFlight {
 /// each partition is served keeps new topics out of that window. It is best effort, and
 /// correctness does not rest on it: a partition that answers with anything but "not
 /// ready yet" (an ACL, say) is left to the first produce request to report.
-fn partitions_writable(
-    producer: &ThreadedProducer<DeliveryContext>,
-    topic: &str,
-    partitions: &[i32],
-) {
+fn partitions_writable(producer: &BaseProducer<DeliveryContext>, topic: &str, partitions: &[i32]) {
     let deadline = std::time::Instant::now() + PARTITIONS_SERVED_TIMEOUT;
     for &partition in partitions {
         loop {
