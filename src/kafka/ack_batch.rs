@@ -1,5 +1,5 @@
-//! Acknowledgements collected over one burst of delivery reports, so that the burst
-//! reaches the checkpoint under one lock instead of one lock (and one wake-up of the
+//! Acknowledgements collected over one slice of polling (a burst of delivery reports), so
+//! that the burst reaches the checkpoint under one lock instead of one lock (and one wake-up of the
 //! source) per record.
 //!
 //! Only the producer's own polling thread collects (see [`super::poller`]): it knows
@@ -18,7 +18,6 @@ use crate::checkpoint::TxnSeq;
 pub struct AckBatch {
     runs: Vec<(TxnSeq, u64)>,
     collecting: bool,
-    reports: u64,
 }
 
 /// What to do with one successful report's acknowledgement.
@@ -33,29 +32,19 @@ pub enum Collected {
 }
 
 impl AckBatch {
-    /// Runs held before the batch is handed over inside a burst. Bursts are one or a few
-    /// produce responses; a 1000-row transaction's reports make one run per partition.
-    pub const CAPACITY: usize = 256;
+    /// Runs held before the batch is handed over inside a burst (16 KiB). A 1000-row
+    /// transaction's reports make one run per partition; single-row transactions one run
+    /// each, so a fast single-row stream hands over a few times per slice.
+    pub const CAPACITY: usize = 1024;
 
-    /// A burst starts: `collect` turns collection on (the polling thread, while reports
-    /// flow) or off (acknowledge each report at once).
+    /// A slice of polling starts: `collect` turns collection on (the polling thread) or
+    /// off (acknowledge each report at once).
     pub fn begin(&mut self, collect: bool) {
         debug_assert!(self.runs.is_empty(), "a batch was not handed over");
         self.collecting = collect;
-        self.reports = 0;
         if collect && self.runs.capacity() == 0 {
             self.runs.reserve_exact(Self::CAPACITY);
         }
-    }
-
-    /// Counts one report of any kind (for [`AckBatch::reports`]).
-    pub fn note_report(&mut self) {
-        self.reports += 1;
-    }
-
-    /// Reports seen since [`AckBatch::begin`].
-    pub fn reports(&self) -> u64 {
-        self.reports
     }
 
     /// One event of `seq` was delivered.
@@ -109,13 +98,11 @@ mod tests {
         let mut batch = AckBatch::default();
         batch.begin(true);
         for seq in [1, 1, 1, 2, 2, 1] {
-            batch.note_report();
             assert_eq!(batch.add(TxnSeq(seq)), Collected::Kept);
         }
         let runs = batch.hand_over(<[_]>::to_vec).unwrap();
         assert_eq!(runs, [(TxnSeq(1), 3), (TxnSeq(2), 2), (TxnSeq(1), 1)]);
         assert_eq!(batch.hand_over(<[_]>::len), None, "nothing twice");
-        assert_eq!(batch.reports(), 6);
         batch.end();
         assert_eq!(
             batch.add(TxnSeq(3)),

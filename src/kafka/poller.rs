@@ -1,21 +1,24 @@
 //! The producer's polling thread: the relay's own, in place of rust-rdkafka's
-//! `ThreadedProducer`, so that it knows where a burst of delivery reports ends.
+//! `ThreadedProducer`, so that it knows where a slice of delivery reports ends.
 //!
 //! rust-rdkafka's thread calls `poll(100 ms)`, which serves reports back to back until
-//! the 100 ms are up: nothing marks the end of a burst, so each report had to
+//! the 100 ms are up: nothing marked the end of a slice, so each report had to
 //! acknowledge its event on its own, one checkpoint lock and one wake-up of the source
-//! per record. This thread polls in short slices while reports flow and tells the
-//! context when each slice ends ([`BurstContext`]), so a burst is acknowledged at once.
+//! per record. This thread polls in slices of [`SLICE`] and tells the context when each
+//! one ends ([`BurstContext`]), so a slice's reports are acknowledged at once.
 //!
-//! - **While reports flow**, a slice is [`BURST_SLICE`]: an acknowledgement waits at most
-//!   that long (plus the burst's own callbacks) before the checkpoint has it. Nothing
-//!   waits on it but the slot's confirmed position, which the source reports every
-//!   `status_interval_ms` anyway.
-//! - **Once a slice brought nothing**, the thread waits [`IDLE_SLICE`] with collection
-//!   off: the first report after a quiet spell acknowledges at once, and an idle relay
-//!   wakes ten times a second, as before.
+//! - **The slice is long on purpose.** rust-rdkafka's `poll` waits on librdkafka's queue
+//!   with the time left truncated to whole milliseconds, so once less than 1 ms is left
+//!   it spins until the deadline. Slices of 1 ms spun most of a core under a steady
+//!   stream (single-row drains took 15–21 CPU-seconds per million events instead of
+//!   about 8, and starved the broker on 2 cores); a 50 ms slice spins at most its last
+//!   millisecond, 2 % of the time.
+//! - **What waits for it**: only the checkpoint, so the slot's confirmed position moves
+//!   up to one slice later. Nothing is produced later, the delivery-report wake-ups
+//!   ([`super::EventProducer::wait_report`]) come per report, and the source reports its
+//!   position every `status_interval_ms` anyway.
 //! - **[`PolledProducer::settle`]** waits until the thread has handed over every report
-//!   it served so far (one slice), so that a graceful stop reports all that Kafka
+//!   it served so far (two slice ends), so that a graceful stop reports all that Kafka
 //!   acknowledged.
 
 use std::ops::Deref;
@@ -28,18 +31,16 @@ use rdkafka::config::{ClientConfig, FromClientConfigAndContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::producer::{BaseProducer, Producer, ProducerContext};
 
-/// A poll slice while delivery reports flow.
-pub const BURST_SLICE: Duration = Duration::from_millis(1);
-/// A poll slice once a slice brought no report.
-pub const IDLE_SLICE: Duration = Duration::from_millis(100);
+/// One poll slice: the longest an acknowledgement waits before the checkpoint has it.
+pub const SLICE: Duration = Duration::from_millis(50);
 
 /// A producer context that collects over a slice of polling.
 pub trait BurstContext: ProducerContext {
-    /// Before a slice, on the polling thread: `collect` is whether reports may be kept
-    /// until [`BurstContext::burst_end`].
-    fn burst_begin(&self, collect: bool);
-    /// After the slice: hands over what was kept; returns whether any report came.
-    fn burst_end(&self) -> bool;
+    /// Before a slice, on the polling thread: reports may be kept until
+    /// [`BurstContext::burst_end`].
+    fn burst_begin(&self);
+    /// After the slice: hands over what was kept.
+    fn burst_end(&self);
 }
 
 /// Slices completed by the polling thread, and whether it has stopped.
@@ -136,15 +137,13 @@ impl<C: BurstContext + 'static> Drop for PolledProducer<C> {
     }
 }
 
-/// The polling thread: slices of [`BURST_SLICE`] while reports flow, [`IDLE_SLICE`]
-/// otherwise, each ended by [`BurstContext::burst_end`].
+/// The polling thread: slices of [`SLICE`], each ended by [`BurstContext::burst_end`].
 fn serve_reports<C: BurstContext>(producer: &BaseProducer<C>, shared: &Shared) {
-    let mut flowing = false;
     loop {
         let context = producer.context();
-        context.burst_begin(flowing);
-        producer.poll(if flowing { BURST_SLICE } else { IDLE_SLICE });
-        flowing = context.burst_end();
+        context.burst_begin();
+        producer.poll(SLICE);
+        context.burst_end();
         let stopping = shared.stop.load(Ordering::Relaxed);
         {
             let mut progress = shared.progress.lock().unwrap_or_else(|e| e.into_inner());

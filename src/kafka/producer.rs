@@ -246,7 +246,6 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, sent: Box<Sent>) {
         let Sent { order, in_flight } = *sent;
-        ACKS.with_borrow_mut(AckBatch::note_report);
         let now_unix_micros = unix_micros();
         self.last_report_ms
             .store(now_unix_micros / 1000, Ordering::Relaxed);
@@ -342,16 +341,13 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl BurstContext for DeliveryContext {
-    fn burst_begin(&self, collect: bool) {
-        ACKS.with_borrow_mut(|batch| batch.begin(collect && self.acknowledge_on_delivery));
+    fn burst_begin(&self) {
+        ACKS.with_borrow_mut(|batch| batch.begin(self.acknowledge_on_delivery));
     }
 
-    fn burst_end(&self) -> bool {
+    fn burst_end(&self) {
         self.hand_over_acks();
-        ACKS.with_borrow_mut(|batch| {
-            batch.end();
-            batch.reports() > 0
-        })
+        ACKS.with_borrow_mut(AckBatch::end);
     }
 }
 
