@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::client_config;
@@ -26,6 +26,8 @@ use crate::progress::Progress;
 const WINDOW: i64 = 2_000;
 /// Bound on one metadata or watermark request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between attempts of a request that failed (see [`until_deadline`]).
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The reader's client context: the end of a partition is how it knows it has read
 /// everything, not an error to log.
@@ -59,15 +61,23 @@ pub fn read_last(
         .set("enable.partition.eof", "true")
         .create_with_context(QuietEof)
         .map_err(PublishError::Client)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
-        .map_err(PublishError::Client)?;
-    let partitions = super::partitions_of(&metadata, topic);
+    // The topic exists (the caller made sure): no partitions listed is a broker that is
+    // not ready yet, never "no progress", which would publish everything again.
+    let partitions = until_deadline("the progress topic's partitions", deadline, |timeout| {
+        let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+        let partitions = super::partitions_of(&metadata, topic);
+        if partitions.is_empty() {
+            return Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::LeaderNotAvailable,
+            ));
+        }
+        Ok(partitions)
+    })?;
     let mut found: Option<(i64, Progress)> = None;
     for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, REQUEST_TIMEOUT)
-            .map_err(PublishError::Client)?;
+        let (low, high) = until_deadline("the progress topic's offsets", deadline, |timeout| {
+            consumer.fetch_watermarks(topic, partition, timeout)
+        })?;
         let mut end = high;
         while end > low {
             let start = (end - WINDOW).max(low);
@@ -81,6 +91,33 @@ pub fn read_last(
         }
     }
     Ok(found.map(|(_, progress)| progress))
+}
+
+/// Retries `request` (given the time it may take) until it succeeds or `deadline`
+/// passes. Right after a broker thaws or restarts, these requests fail for a moment: the
+/// partition's leader is not known yet (`Local: Unknown partition`), which says nothing
+/// about the topic. Seen in CI, where that answer stopped the relay as a fault of the
+/// topic. Still failing at the deadline is a timeout, which restarts the pipeline.
+fn until_deadline<T>(
+    what: &'static str,
+    deadline: Instant,
+    mut request: impl FnMut(Duration) -> KafkaResult<T>,
+) -> Result<T, PublishError> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match request(left.min(REQUEST_TIMEOUT)) {
+            Ok(answer) => return Ok(answer),
+            Err(error) => error,
+        };
+        if deadline.saturating_duration_since(Instant::now()) <= RETRY_PAUSE {
+            tracing::warn!(%error, what, "progress reader: no answer before the deadline");
+            return Err(PublishError::Client(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::OperationTimedOut,
+            )));
+        }
+        tracing::debug!(%error, what, "progress reader: not answered yet; retrying");
+        std::thread::sleep(RETRY_PAUSE);
+    }
 }
 
 /// The last record of `key` among offsets `start..end` of one partition.
@@ -127,5 +164,42 @@ fn scan(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broker_not_ready_yet_is_asked_again() {
+        let mut asked = 0;
+        let answer = until_deadline("offsets", Instant::now() + Duration::from_secs(5), |_| {
+            asked += 1;
+            if asked < 3 {
+                Err(KafkaError::MetadataFetch(
+                    RDKafkaErrorCode::UnknownPartition,
+                ))
+            } else {
+                Ok(asked)
+            }
+        });
+        assert_eq!(answer.unwrap(), 3);
+    }
+
+    #[test]
+    fn no_answer_by_the_deadline_restarts_the_pipeline_instead_of_stopping_the_relay() {
+        let answer: Result<(), _> = until_deadline("offsets", Instant::now(), |_| {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::UnknownPartition,
+            ))
+        });
+        let error = answer.unwrap_err();
+        assert!(error.is_retryable(), "{error}");
+        assert_eq!(
+            crate::policy::classify(crate::policy::Failure::Publish(&error)),
+            crate::policy::Action::Retry,
+            "not a fault of the topic: {error}"
+        );
     }
 }
