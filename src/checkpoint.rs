@@ -173,6 +173,23 @@ impl Checkpoint {
 
     /// Downstream durably handled `count` events of `seq`. Returns whether the flush LSN moved.
     pub fn ack(&mut self, seq: TxnSeq, count: u64) -> Result<bool, CheckpointError> {
+        self.take_acks(seq, count)?;
+        Ok(self.advance())
+    }
+
+    /// [`Checkpoint::ack`] for `(seq, count)` runs (a burst of delivery reports), in any
+    /// order, folding them into the flush LSN once. Stops at the first run it rejects;
+    /// the runs before it stay acknowledged. Returns whether the flush LSN moved.
+    pub fn ack_runs(&mut self, runs: &[(TxnSeq, u64)]) -> Result<bool, CheckpointError> {
+        let outcome = runs
+            .iter()
+            .try_for_each(|&(seq, count)| self.take_acks(seq, count));
+        let moved = self.advance();
+        outcome.map(|()| moved)
+    }
+
+    /// Counts `count` events of `seq` as acknowledged, without folding the flush LSN.
+    fn take_acks(&mut self, seq: TxnSeq, count: u64) -> Result<(), CheckpointError> {
         let txn = self.slot(seq)?;
         if count > txn.outstanding {
             return Err(CheckpointError::TooManyAcks {
@@ -183,35 +200,7 @@ impl Checkpoint {
         }
         txn.outstanding -= count;
         self.in_flight_events -= count;
-        Ok(self.advance())
-    }
-
-    /// [`Checkpoint::ack`] for `(seq, count)` runs (a burst of delivery reports), in any
-    /// order, folding them into the flush LSN once. Stops at the first run it rejects;
-    /// the runs before it stay acknowledged. Returns whether the flush LSN moved.
-    pub fn ack_runs(&mut self, runs: &[(TxnSeq, u64)]) -> Result<bool, CheckpointError> {
-        let mut outcome = Ok(());
-        for &(seq, count) in runs {
-            let txn = match self.slot(seq) {
-                Ok(txn) => txn,
-                Err(e) => {
-                    outcome = Err(e);
-                    break;
-                }
-            };
-            if count > txn.outstanding {
-                outcome = Err(CheckpointError::TooManyAcks {
-                    seq,
-                    acked: count,
-                    outstanding: txn.outstanding,
-                });
-                break;
-            }
-            txn.outstanding -= count;
-            self.in_flight_events -= count;
-        }
-        let moved = self.advance();
-        outcome.map(|()| moved)
+        Ok(())
     }
 
     /// `count` registered events of `seq` will never be handed over (their connection
@@ -345,12 +334,7 @@ impl SharedCheckpoint {
             let moved = state.ack(seq, count)?;
             (moved, state.in_flight_events() == 0)
         };
-        if moved {
-            self.inner.advanced.notify_one();
-        }
-        if drained {
-            self.inner.drained.notify_waiters();
-        }
+        self.wake(moved, drained);
         Ok(())
     }
 
@@ -363,13 +347,19 @@ impl SharedCheckpoint {
             (outcome, state.in_flight_events() == 0)
         };
         // Wake on a partial success too: what was acknowledged before the bad run stands.
-        if outcome.as_ref().map_or(true, |moved| *moved) {
+        self.wake(outcome.as_ref().map_or(true, |moved| *moved), drained);
+        outcome.map(|_| ())
+    }
+
+    /// After acknowledgements: wakes the source when the flush LSN `moved`, and the
+    /// waiters of [`SharedCheckpoint::drained`] when nothing is in flight any more.
+    fn wake(&self, moved: bool, drained: bool) {
+        if moved {
             self.inner.advanced.notify_one();
         }
         if drained {
             self.inner.drained.notify_waiters();
         }
-        outcome.map(|_| ())
     }
 
     /// Releases registered events that will never be handed over (see

@@ -14,15 +14,19 @@ fn flush_waits_for_every_event_and_for_commit() {
     assert_eq!(cp.pending_transactions(), 0);
 }
 
+/// Begins a transaction of `events` events and commits it at `end`.
+fn committed(cp: &mut Checkpoint, events: u64, end: Lsn) -> TxnSeq {
+    let seq = cp.begin();
+    cp.add_events(seq, events).unwrap();
+    cp.commit(seq, end).unwrap();
+    seq
+}
+
 #[test]
 fn a_later_transaction_cannot_overtake_an_earlier_one() {
     let mut cp = Checkpoint::new(Lsn(0));
-    let t1 = cp.begin();
-    cp.add_events(t1, 1).unwrap();
-    cp.commit(t1, Lsn(10)).unwrap();
-    let t2 = cp.begin();
-    cp.add_events(t2, 1).unwrap();
-    cp.commit(t2, Lsn(20)).unwrap();
+    let t1 = committed(&mut cp, 1, Lsn(10));
+    let t2 = committed(&mut cp, 1, Lsn(20));
     assert!(!cp.ack(t2, 1).unwrap());
     assert_eq!(cp.flushed(), Lsn(0));
     assert!(cp.ack(t1, 1).unwrap());
@@ -266,12 +270,8 @@ proptest! {
 #[test]
 fn acknowledging_runs_stops_at_a_bad_run_and_keeps_the_runs_before_it() {
     let mut cp = Checkpoint::new(Lsn(0));
-    let t1 = cp.begin();
-    cp.add_events(t1, 2).unwrap();
-    cp.commit(t1, Lsn(10)).unwrap();
-    let t2 = cp.begin();
-    cp.add_events(t2, 1).unwrap();
-    cp.commit(t2, Lsn(20)).unwrap();
+    let t1 = committed(&mut cp, 2, Lsn(10));
+    let t2 = committed(&mut cp, 1, Lsn(20));
     assert!(matches!(
         cp.ack_runs(&[(t1, 2), (t2, 2), (t2, 1)]),
         Err(CheckpointError::TooManyAcks { acked: 2, .. })
@@ -294,9 +294,7 @@ proptest! {
         let mut single = Checkpoint::new(Lsn(0));
         let mut reports = Vec::new();
         for (i, size) in sizes.iter().enumerate() {
-            let seq = single.begin();
-            single.add_events(seq, *size).unwrap();
-            single.commit(seq, Lsn(10 * (i as u64 + 1))).unwrap();
+            let seq = committed(&mut single, *size, Lsn(10 * (i as u64 + 1)));
             reports.extend(std::iter::repeat_n(seq, *size as usize));
         }
         let mut batched = single.clone();
